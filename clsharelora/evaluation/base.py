@@ -1,0 +1,54 @@
+"""The evaluator contract: one object per task that scores a model and returns accuracy and NLL."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
+
+
+@dataclass
+class TaskScore:
+    """Scores of one task at one point of the stream. `accuracy` is the task's primary score in [0, 1]
+    (GSM8K strict exact match, HumanEval pass@1, MMLU/MMLU-Pro letter accuracy); `nll` is the mean
+    per-token NLL of the reference answers under teacher forcing (nats/token)."""
+
+    task: str
+    accuracy: float
+    nll: float
+    n: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "accuracy": self.accuracy, "nll": self.nll, "n": self.n, **self.extra}
+
+
+class Evaluator(ABC):
+    """Scores one task; built once per run (data loaded and prompts rendered up front), called after
+    every experience."""
+
+    task: ClassVar[str] = ""
+
+    @abstractmethod
+    def evaluate(self, model, tokenizer, *, progress: bool = True) -> TaskScore:
+        """Score `model` (eval mode is the caller's job to restore) on this task's items."""
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {}
+
+
+def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:
+    EVALUATORS[cls.task] = cls
+    return cls
+
+
+def make_evaluator(task: str, **options: Any) -> Evaluator:
+    """Build the evaluator of `task` (gsm8k, humaneval, mmlu, mmlu_pro) with its options
+    (data_root, n, seed, shots, batch_size, max_new_tokens, ...)."""
+    from . import tasks  # noqa: F401  (registers the built-in evaluators)
+
+    if task not in EVALUATORS:
+        raise ConfigError(f"no evaluator for task {task!r}; known: {', '.join(sorted(EVALUATORS))}")
+    return EVALUATORS[task](**options)
