@@ -1,7 +1,7 @@
 """MBPP (google-research): mbpp.jsonl {text, code, task_id, test_setup_code, test_list, challenge_test_list}.
 
 Splits by task_id as in the MBPP paper: prompt 1-10, test 11-510, validation 511-600, train 601-974.
-`target` is the code with CRLF line endings turned into LF (upstream code uses "\\r\\n"; same program,
+`target` is the code with CRLF/CR line endings turned into LF (upstream code uses "\\r\\n"; same program,
 and the model should not learn to emit "\\r"); tests in meta are unchanged.
 """
 
@@ -28,7 +28,7 @@ def build_record(row: Mapping[str, Any], *, split: str, index: int, loc: str) ->
         benchmark=NAME,
         split=split,
         question=io.field(row, "text", loc),
-        target=io.field(row, "code", loc).replace("\r\n", "\n"),
+        target=io.field(row, "code", loc).replace("\r\n", "\n").replace("\r", "\n"),
         answer="",
         meta={
             "task_id": task_id,
