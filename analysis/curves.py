@@ -1,0 +1,79 @@
+"""Forgetting curves: for each task, its score after each experience (x = experience), one line per
+strategy (seed mean, ±1 std band when several seeds), the experience that trained the task marked.
+Experiences a run did not finish are not drawn (the line stops), never drawn as zero."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import style
+from .runs import Run, by_strategy, mean_matrix
+
+plt = style.plt
+
+
+def _legend_label(label: str, group: Sequence[Run]) -> str:
+    k = min(r.done for r in group)
+    T = group[0].T
+    parts = [label]
+    if len(group) > 1:
+        parts.append(f"({len(group)} seeds)")
+    if k < T:
+        parts.append(f"[incomplete {k}/{T}]")
+    return " ".join(parts)
+
+
+def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, title: str | None = None) -> Path:
+    """Write the forgetting-curve figure of one setting's `runs` for `score` ("accuracy" or "nll")."""
+    groups = {lab: g for lab, g in by_strategy(runs).items() if score in g[0].matrices}
+    if not groups:
+        raise ValueError(f"no run has a {score!r} matrix")
+    first = next(iter(groups.values()))[0]
+    T, tasks, experiences = first.T, first.tasks, first.experiences
+    colour = style.colors(list(by_strategy(runs)))
+    ncols = 1 if T == 1 else 2 if T <= 4 else 3
+    nrows = math.ceil(T / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.6 * nrows + 1.2), squeeze=False, sharex=True)
+    x = np.arange(T + 1)
+    stats = {lab: mean_matrix(g, score) for lab, g in groups.items()}
+    for j, task in enumerate(tasks):
+        ax = axes[j // ncols][j % ncols]
+        ax.axvspan(j + 0.6, j + 1.4, color="0.92", zorder=0)
+        ax.text(j + 1, 0.02, "trained", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=8, color="0.35")
+        for lab, g in groups.items():
+            mean, std, _ = stats[lab]
+            y = mean[:, j]
+            ok = ~np.isnan(y)
+            ax.plot(x[ok], y[ok], marker="o", ms=4, lw=1.8, color=colour[lab], label=_legend_label(lab, g))
+            if len(g) > 1:
+                s = std[:, j]
+                band = ok & ~np.isnan(s)
+                ax.fill_between(x[band], (y - s)[band], (y + s)[band], color=colour[lab], alpha=0.15, lw=0)
+            if ok[j + 1]:
+                ax.plot([j + 1], [y[j + 1]], marker="*", ms=13, color=colour[lab], mec="black", mew=0.6, zorder=5)
+        ax.set_title(f"{task}  (trained in experience {j + 1}: {experiences[j]})", fontsize=10)
+        ax.set_xticks(x, style.experience_ticks(experiences), fontsize=8)
+        ax.set_xlim(-0.3, T + 0.3)
+        ax.yaxis.set_major_formatter(style.value_formatter(score))
+        ax.set_ylabel(style.SCORE_AXIS[score], fontsize=9)
+        ax.grid(alpha=0.3)
+    for j in range(T, nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("after experience")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], ls="", marker="*", ms=12, color="0.5", mec="black", mew=0.6))
+    labels.append("score right after training the task")
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.suptitle(title or f"Forgetting curves ({style.SCORE_TITLE[score]}): {first.stream} on {first.model}",
+                 fontsize=12)
+    legend_rows = math.ceil(len(labels) / 4)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 0.97))
+    out = Path(out)
+    style.save(fig, out)
+    return out

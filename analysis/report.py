@@ -1,0 +1,211 @@
+"""`clsharelora report RUN_DIR... --out DIR [--title T]`: figures, tables and one report page.
+
+Writes under DIR:
+  figures/curves_<score>_<setting>.png, figures/heatmap_<score>_<setting>.png
+  comparison.md / comparison.csv          one table per (stream, model) setting
+  seeds.md / seeds.csv / paired_differences.csv / paired_summary.csv   when a strategy has several seeds
+  scores_long.csv                          every stored score point, tidy (for your own plots)
+  report.md                                everything, figures linked
+  report.html                              the same page, self-contained (figures inlined as base64)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from clsharelora.errors import UserError
+
+from . import tables
+from .curves import plot_forgetting_curves
+from .heatmaps import plot_heatmaps
+from .runs import SCORES, Run, by_setting, by_strategy, load_runs, tidy
+from .seeds import paired_differences, seed_table, summarize_differences
+
+DEFINITIONS = (
+    "Metrics (recomputed from each run's score matrix R by `clsharelora.metrics`; R[i][j] = score on task j "
+    "after experience i, row 0 = before training): **ACC** = mean of the last row; **BWT** = mean over "
+    "earlier tasks of R[T][i] − R[i][i] (Lopez-Paz & Ranzato 2017); **FWT** = mean over i ≥ 2 of "
+    "R[i−1][i] − R[0][i]; **Forgetting** = mean over earlier tasks of best earlier score − final score "
+    "(Chaudhry et al. 2018; for NLL, final − lowest earlier, so positive = worse). For accuracy a negative "
+    "BWT means forgetting; for NLL (nats/token, lower is better) a positive BWT does. Incomplete runs are "
+    "measured only over the experiences they finished (\"so far\"); undefined values show as —. "
+    "Seeds: mean ± sample std and a 95% Student-t interval; paired differences are matched by seed."
+)
+
+
+@dataclass
+class Page:
+    """The report as a list of blocks, rendered both to Markdown and to self-contained HTML."""
+
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("h", level, text))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, heads: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", heads, rows))
+
+    def image(self, path: Path, rel: str, alt: str) -> None:
+        self.blocks.append(("img", path, rel, alt))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}\n"]
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append(f"{'#' * b[1]} {b[2]}\n")
+            elif b[0] == "p":
+                out.append(b[1] + "\n")
+            elif b[0] == "table":
+                out.append(tables.to_markdown(b[1], b[2]))
+            elif b[0] == "img":
+                out.append(f"![{b[3]}]({b[2]})\n")
+        return "\n".join(out)
+
+    def html(self) -> str:
+        def inline(text: str) -> str:
+            text = html.escape(text)
+            text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+            return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for b in self.blocks:
+            if b[0] == "h":
+                body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                body.append(f"<p>{inline(b[1])}</p>")
+            elif b[0] == "table":
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
+                rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in b[2])
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif b[0] == "img":
+                data = base64.b64encode(Path(b[1]).read_bytes()).decode("ascii")
+                body.append(f'<figure><img alt="{html.escape(b[3])}" src="data:image/png;base64,{data}"></figure>')
+        style = (
+            "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+            "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f2f2f2}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}"
+            "figure{margin:1em 0}code{background:#f4f4f4;padding:0 3px}"
+        )
+        return (
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(self.title)}</title><style>{style}</style></head>\n<body>\n"
+            + "\n".join(body)
+            + "\n</body></html>\n"
+        )
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts)).strip("-")
+
+
+def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
+    """Write every figure and table for `runs` under `out` and return the page that embeds them."""
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    page = Page(title)
+    page.para(DEFINITIONS)
+
+    page.heading(2, "Runs")
+    runs_rows = [[r.name, r.stream, r.model, r.label, str(r.seed), r.status, str(r.path)] for r in runs]
+    page.table(["run", "stream", "model", "strategy", "seed", "status", "directory"], runs_rows)
+    incomplete = [r for r in runs if not r.complete]
+    if incomplete:
+        page.para(
+            "**Incomplete runs** (drawn up to their last finished experience, measured only over it): "
+            + "; ".join(f"{r.name}: {r.status}" for r in incomplete)
+        )
+
+    comparisons, seed_frames, pair_frames, pair_summaries, md_sections = [], [], [], [], []
+    for (stream, model), group in by_setting(runs).items():
+        slug = _slug(stream, model)
+        page.heading(2, f"Stream {stream} · model {model}")
+        comp = tables.comparison_table(group)
+        comparisons.append(comp)
+        page.heading(3, "Comparison")
+        page.table(*tables.comparison_cells(comp))
+        md_sections.append(f"## Stream {stream} · model {model}\n\n" + tables.comparison_markdown(comp))
+
+        scores = [s for s in SCORES if any(s in r.matrices for r in group)]
+        page.heading(3, "Forgetting curves")
+        for score in scores:
+            path = plot_forgetting_curves(group, score, fig_dir / f"curves_{score}_{slug}.png")
+            page.image(path, f"figures/{path.name}", f"forgetting curves, {score}, {stream} on {model}")
+        page.heading(3, "Score matrices")
+        for score in scores:
+            path = plot_heatmaps(group, score, fig_dir / f"heatmap_{score}_{slug}.png")
+            page.image(path, f"figures/{path.name}", f"score matrix heatmaps, {score}, {stream} on {model}")
+
+        if any(len(g) > 1 for g in by_strategy(group).values()):
+            st = seed_table(group).assign(stream=stream, model=model)
+            seed_frames.append(st)
+            page.heading(3, "Across seeds")
+            page.table(*tables.seeds_cells(st))
+            diffs = paired_differences(group)
+            if len(diffs):
+                summ = summarize_differences(diffs).assign(stream=stream, model=model)
+                pair_frames.append(diffs.assign(stream=stream, model=model))
+                pair_summaries.append(summ)
+                page.heading(3, "Paired differences (matched by seed)")
+                page.para("Positive difference = higher value for the strategy than for the baseline; "
+                          "read the sign with the metric (e.g. BWT accuracy: higher is better; "
+                          "forgetting: lower is better).")
+                page.table(*tables.differences_cells(summ))
+
+    pd.concat(comparisons, ignore_index=True).to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(f"# {title}: comparison\n\n" + "\n".join(md_sections), encoding="utf-8")
+    if seed_frames:
+        seeds = pd.concat(seed_frames, ignore_index=True)
+        seeds.to_csv(out / "seeds.csv", index=False)
+        text = f"# {title}: across seeds\n\n" + tables.seeds_markdown(seeds)
+        if pair_summaries:
+            summ = pd.concat(pair_summaries, ignore_index=True)
+            summ.to_csv(out / "paired_summary.csv", index=False)
+            pd.concat(pair_frames, ignore_index=True).to_csv(out / "paired_differences.csv", index=False)
+            text += "\n## Paired differences (matched by seed)\n\n" + tables.differences_markdown(summ)
+        (out / "seeds.md").write_text(text, encoding="utf-8")
+    tidy(runs).to_csv(out / "scores_long.csv", index=False)
+    return page
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: returns 0 on success, the UserError's exit code (2) with a one-line message otherwise."""
+    parser = argparse.ArgumentParser(
+        prog="clsharelora report",
+        description="Plots, tables and a report page from run directories (never re-runs a model).",
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    parser.add_argument("--title", default="Continual-learning report", help="report title")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.run_dirs)
+        args.out.mkdir(parents=True, exist_ok=True)
+        page = build_report(runs, args.out, args.title)
+        (args.out / "report.md").write_text(page.markdown(), encoding="utf-8")
+        (args.out / "report.html").write_text(page.html(), encoding="utf-8")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"error: cannot write the report under {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {args.out / 'report.html'} ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
