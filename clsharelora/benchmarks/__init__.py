@@ -1,0 +1,1 @@
+"""Streams (ordered experiences) and their Avalanche benchmarks of tokenised causal-LM data."""

@@ -1,0 +1,214 @@
+"""`clsharelora` command line: run, compare, report, list, bench.
+
+User mistakes (bad YAML, unknown names, missing data, impossible values) print one `error:` line and exit 2;
+nothing is written before the inputs are validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EPILOG = """examples:
+  clsharelora run --stream streams/demo.yaml --strategy sharelora --model smollm2-135m --out runs/demo-sharelora
+  clsharelora run --stream streams/paper.yaml --strategy lora --model llama2-7b --set adapter.r=64 --out runs/l2-lora
+  clsharelora run ... --resume          # continue a killed run from its last checkpoint
+  clsharelora run ... --dry-run         # meta-device model: parameter counts, memory plan, stream; no weights
+  clsharelora compare --stream streams/demo.yaml --strategies lora,sharelora --out runs/demo
+  clsharelora report runs/demo/* --out reports/demo
+"""
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (keys as in `clsharelora run --print-config`)")
+    p.add_argument("--stream", help="stream YAML path or name in streams/ (default: streams/demo.yaml)")
+    p.add_argument("--model", help="registry name (clsharelora list), HF hub id or local path")
+    p.add_argument("--cl", help="continual-learning method: naive (default), replay, ewc, ...")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-root", help="benchmark data root (default: $CLSHARELORA_DATA or ../shared/data)")
+    p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set adapter.r=64 --set train.max_steps=100 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model on the meta device and print parameter counts, memory plan and stream")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clsharelora", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a stream with one strategy, scoring every task after each experience",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    _add_run_options(run)
+    run.add_argument("--strategy", help="adapter strategy: sharelora (default), lora, vera, ...")
+    run.add_argument("--variant", help="ShareLoRA variant: share_a | share_b | share_ab")
+    run.add_argument("--out", help="run directory (default: runs/<stream>-<strategy>)")
+    run.add_argument("--name", help="run name (default: <stream>-<strategy>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    compare = sub.add_parser("compare", help="run several strategies on the same stream, model and seed")
+    _add_run_options(compare)
+    compare.add_argument("--strategies", default="lora,sharelora",
+                         help="comma list of ADAPTER[:VARIANT][+CL], e.g. lora,sharelora:share_a,lora+replay")
+    compare.add_argument("--out", required=True, help="parent directory; one run directory per strategy")
+    compare.add_argument("--resume", action="store_true", help="resume runs that exist, start the others")
+
+    report = sub.add_parser("report", help="plots, tables and report.md/.html from run directories")
+    report.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR... --out DIR (see clsharelora report -h)")
+
+    sub.add_parser("list", help="known models, strategies, streams and tasks")
+
+    bench = sub.add_parser("bench", help="benchmarks (make bench)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _config_from_args(args, *, adapter: str | None = None, variant: str | None = None, cl: str | None = None,
+                      out: str | None = None, name: str | None = None):
+    from . import config as cfgmod
+
+    data = cfgmod.load_yaml(args.config) if args.config else {}
+    for key in ("stream", "model", "seed", "device"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    if args.data_root is not None:
+        data["data_root"] = args.data_root
+    if adapter:
+        data["adapter"] = {**_as_block(data.get("adapter")), "name": adapter} \
+            if _as_block(data.get("adapter")).get("name") in (None, adapter) else {"name": adapter}
+    if variant:
+        data.setdefault("adapter", {"name": "sharelora"})
+        data["adapter"] = {**_as_block(data["adapter"]), "variant": variant}
+    if cl:
+        data["cl"] = {**_as_block(data.get("cl")), "name": cl} \
+            if _as_block(data.get("cl")).get("name") in (None, cl) else {"name": cl}
+    if out:
+        data["out"] = out
+    if name:
+        data["name"] = name
+    for assignment in args.overrides:
+        cfgmod.apply_override(data, assignment)
+    return cfgmod.from_dict(data)
+
+
+def _as_block(value) -> dict:
+    if value is None:
+        return {}
+    return {"name": value} if isinstance(value, str) else dict(value)
+
+
+def _cmd_run(args) -> int:
+    config = _config_from_args(args, adapter=args.strategy, variant=args.variant, cl=args.cl, out=args.out,
+                               name=args.name)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    if args.dry_run:
+        from .dry_run import dry_run
+
+        print(dry_run(config))
+        return 0
+    from .training.runner import run
+
+    run_dir = run(config, resume=args.resume, progress=not args.no_progress)
+    print(f"results: {run_dir / 'results.json'}")
+    return 0
+
+
+def parse_strategy_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """'sharelora:share_b+replay' -> ('sharelora', 'share_b', 'replay')."""
+    spec = spec.strip()
+    if not spec:
+        raise UserError("--strategies: empty entry")
+    head, _, cl = spec.partition("+")
+    adapter, _, variant = head.partition(":")
+    return adapter, variant or None, cl or None
+
+
+def _cmd_compare(args) -> int:
+    specs = [parse_strategy_spec(s) for s in args.strategies.split(",")]
+    configs = []
+    for adapter, variant, cl in specs:
+        label = adapter + (f"-{variant}" if variant else "") + (f"-{cl}" if cl else "")
+        configs.append(_config_from_args(args, adapter=adapter, variant=variant, cl=cl or args.cl,
+                                         out=str(Path(args.out) / label), name=label))
+    if args.dry_run:
+        from .dry_run import dry_run
+
+        for config in configs:
+            print(dry_run(config))
+        return 0
+    from .training.runner import prepare, run
+
+    for config in configs:  # validate every run before starting the first
+        prepare(config, resume=args.resume and Path(config.out).exists() and any(Path(config.out).iterdir()))
+    for config in configs:
+        resume = args.resume and Path(config.out).exists() and any(Path(config.out).iterdir())
+        run_dir = run(config, resume=resume, progress=not args.no_progress)
+        print(f"results: {run_dir / 'results.json'}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from . import models, registry
+    from .evaluation.base import EVALUATORS
+    from .evaluation import tasks  # noqa: F401
+    from .paths import PROJECT_ROOT
+
+    print("models:     " + ", ".join(models.known_models()) + "  (or any HF id / local path)")
+    print("adapters:   " + ", ".join(registry.known("adapter")))
+    print("cl methods: " + ", ".join(registry.known("cl")))
+    print("streams:    " + ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "streams").glob("*.yaml"))))
+    print("tasks:      " + ", ".join(sorted(EVALUATORS)))
+    return 0
+
+
+def _quiet_third_party_warnings() -> None:
+    """Import-time and deprecation chatter from dependencies hides our own output; keep real warnings."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_third_party_warnings()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
+        if args.command == "list":
+            return _cmd_list(args)
+        if args.command == "report":
+            from analysis.report import main as report_main
+
+            return report_main(args.args)
+        if args.command == "bench":
+            from bench.run import main as bench_main
+
+            return bench_main(args.args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Run configuration: typed sections, YAML in/out, dotted overrides, validation with "did you mean".
+
+A run is fully described by a `RunConfig`; the CLI builds one from defaults < --config file < flags <
+--set overrides, validates it before any model is loaded, and writes the resolved result into the run dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one experience (the stream may override epochs/steps/n per experience)."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    batch_size: int = 4            # micro-batch per process
+    grad_accum: int = 1            # micro-batches per optimizer step
+    epochs: int = 1
+    max_steps: int | None = None   # optimizer steps per experience; caps epochs when set
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"       # any transformers.get_scheduler name: cosine | linear | constant_with_warmup
+    max_grad_norm: float | None = 1.0
+    max_length: int = 512          # tokens per training example (prompt + target), truncated from the left of the prompt
+    bf16: bool = False             # autocast to bfloat16 (CPU or CUDA)
+    gradient_checkpointing: bool = False
+    reset_optimizer: bool = True   # fresh optimizer + schedule per experience (standard sequential fine-tuning)
+    checkpoint_every: int = 0      # optimizer steps between mid-experience checkpoints; 0 = only after experiences
+
+
+@dataclass
+class EvalConfig:
+    """Scoring after each experience; per-task options (n, shots, ...) come from the stream."""
+
+    batch_size: int = 8
+    n: int | None = None           # default subset size per task when the stream gives none
+    autocast: bool = False
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2-135m"
+    stream: str = "streams/demo.yaml"
+    adapter: dict[str, Any] = field(default_factory=lambda: {"name": "sharelora"})
+    cl: dict[str, Any] = field(default_factory=lambda: {"name": "naive"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    data_root: str | None = None
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"         # base model weights: float32 | bfloat16 | float16
+    load_in_4bit: bool = False     # QLoRA-style 4-bit base (needs bitsandbytes + CUDA)
+    name: str | None = None
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
+
+
+def _did_you_mean(key: str, known) -> str:
+    hint = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _check_type(where: str, value: Any, annotation: str) -> Any:
+    """Coerce YAML scalars to the annotated type (int->float is fine); reject the rest with a clear message."""
+    kinds = [a.strip() for a in annotation.replace("Optional[", "").rstrip("]").split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{where} must not be empty")
+    if "bool" in kinds:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "float" in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if "str" in kinds and isinstance(value, str):
+        return value
+    if any(k.startswith("dict") for k in kinds) and isinstance(value, dict):
+        return value
+    raise ConfigError(f"{where} must be {annotation}, got {value!r}")
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {where + '.' if where else ''}{key}{_did_you_mean(key, fields)}; "
+                              f"known: {', '.join(fields)}")
+        path = f"{where}.{key}" if where else key
+        if key in _SECTIONS and cls is RunConfig:
+            kwargs[key] = _build(_SECTIONS[key], value, path)
+        elif key in ("adapter", "cl") and cls is RunConfig:
+            if isinstance(value, str):
+                value = {"name": value}
+            if not isinstance(value, dict) or "name" not in value:
+                raise ConfigError(f"{path} must be a strategy name or a mapping with a 'name' key")
+            kwargs[key] = dict(value)
+        else:
+            kwargs[key] = _check_type(path, value, str(fields[key].type))
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    config = _build(RunConfig, data, "")
+    validate(config)
+    return config
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping; syntax errors name the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{at}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to a nested dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. adapter.r=64), got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    if parts[0] == "lora":  # a friendly alias: lora.r=64 means the adapter's r
+        parts[0] = "adapter"
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def validate(config: RunConfig) -> None:
+    """Impossible values, caught before anything heavy happens."""
+    t = config.train
+    checks = [
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (t.epochs >= 1, "train.epochs must be >= 1"),
+        (t.max_steps is None or t.max_steps >= 1, "train.max_steps must be >= 1 (or null)"),
+        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (t.max_grad_norm is None or t.max_grad_norm > 0, "train.max_grad_norm must be > 0 (or null)"),
+        (t.max_length >= 8, "train.max_length must be >= 8"),
+        (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (config.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (config.eval.n is None or config.eval.n >= 1, "eval.n must be >= 1 (or null)"),
+        (config.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    from transformers.trainer_utils import SchedulerType
+
+    schedules = [s.value for s in SchedulerType]
+    if t.schedule not in schedules:
+        raise ConfigError(f"train.schedule {t.schedule!r} is unknown{_did_you_mean(t.schedule, schedules)}; "
+                          f"known: {', '.join(schedules)}")
+
+
+def dump_yaml(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,178 @@
+"""Resumable runs: atomic checkpoints of everything a bit-identical continuation needs.
+
+A checkpoint directory holds
+  adapter.safetensors   trainable tensors by name (each shared tensor once)
+  optimizer.pt          optimizer + LR-scheduler state (torch.save of plain state dicts)
+  plugins.pt            state of stateful CL plugins (EWC importances, ...)
+  rng.pt                torch CPU/CUDA generator states
+  state.json            position in the stream, python/numpy RNG, results so far, cost counters
+and `checkpoints/LATEST` names the newest complete one; it is replaced atomically after the directory is
+renamed into place, so a kill at any moment leaves the previous checkpoint intact. Avalanche's own
+`save_checkpoint` pickles the whole strategy with dill, which fails on torch optimizers here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from avalanche.core import SupervisedPlugin
+from safetensors.torch import load_file, save_file
+
+from .. import atomic
+from ..errors import UserError
+
+LATEST = "LATEST"
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state_all()
+    np_state = np.random.get_state()
+    plain = {"python": _listify(random.getstate()),
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict, plain: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensors["cuda"])
+    version, state, gauss = plain["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _listify(obj):
+    return [_listify(x) for x in obj] if isinstance(obj, (list, tuple)) else obj
+
+
+class Checkpointer:
+    """Writes and reads checkpoints of one run directory (rank 0 writes; everybody can read)."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 2):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    def save(self, strategy, *, store, position: dict, plugins=()) -> Path:
+        tag = f"step-{strategy.global_step:08d}-exp-{position['exp_index']}"
+        target = self.root / tag
+        with atomic.directory(target) as tmp:
+            save_file(trainable_state(strategy.model), str(tmp / "adapter.safetensors"))
+            torch.save({"optimizer": strategy.optimizer.state_dict(),
+                        "scheduler": strategy.scheduler.state_dict() if strategy.scheduler else None},
+                       tmp / "optimizer.pt")
+            torch.save({type(p).__name__: p.state_dict() for p in plugins if hasattr(p, "state_dict")},
+                       tmp / "plugins.pt")
+            tensors, plain = rng_state()
+            torch.save(tensors, tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps({
+                "position": position, "global_step": strategy.global_step, "rng": plain,
+                "results": store.to_json(),
+            }))
+        atomic.write_text(self.root / LATEST, tag + "\n")
+        self._prune(keep_tag=tag)
+        return target
+
+    def _prune(self, keep_tag: str) -> None:
+        tags = sorted(p.name for p in self.root.glob("step-*") if p.is_dir())
+        for old in tags[:-self.keep]:
+            if old != keep_tag:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+
+    def latest(self) -> Path | None:
+        pointer = self.root / LATEST
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text().strip()
+        if not (path / "state.json").is_file():
+            raise UserError(f"{pointer} names {path.name}, which is missing or incomplete")
+        return path
+
+    @staticmethod
+    def read(path: Path) -> dict:
+        state = json.loads((path / "state.json").read_text())
+        state["adapter"] = load_file(str(path / "adapter.safetensors"))
+        state["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
+        state["plugins"] = torch.load(path / "plugins.pt", weights_only=False)
+        state["rng_tensors"] = torch.load(path / "rng.pt", weights_only=True)
+        return state
+
+
+def load_trainable(model, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    if set(params) != set(tensors):
+        missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise UserError(f"checkpoint does not match the model's trainable parameters "
+                        f"(missing {missing[:3]}, unexpected {extra[:3]}): was the adapter config changed?")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name].to(p.device, p.dtype))
+
+
+class CheckpointPlugin(SupervisedPlugin):
+    """Mid-experience checkpoints every `every` optimizer steps, and restoring a checkpoint on resume."""
+
+    def __init__(self, checkpointer: Checkpointer, store, *, every: int = 0, plugins=(), dist=None):
+        super().__init__()
+        self.checkpointer, self.store, self.every = checkpointer, store, every
+        self.stateful = list(plugins)
+        self.dist = dist
+        self.pending: dict | None = None      # a checkpoint to restore at the right moment
+
+    def position(self, strategy, *, completed: bool) -> dict:
+        if completed:
+            return {"exp_index": strategy.exp_index + 1, "epoch": 0, "microbatch": 0, "exp_step": 0}
+        return {"exp_index": strategy.exp_index, "epoch": strategy.exp_epoch,
+                "microbatch": strategy.exp_microbatch, "exp_step": strategy.exp_step}
+
+    def save(self, strategy, *, completed: bool) -> None:
+        if self.dist is None or self.dist.is_main:
+            self.checkpointer.save(strategy, store=self.store, position=self.position(strategy, completed=completed),
+                                   plugins=self.stateful)
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def after_update(self, strategy, **kwargs):
+        if self.every and strategy.exp_step % self.every == 0 and strategy.exp_step < strategy.steps_in_exp:
+            self.save(strategy, completed=False)
+
+    # ---------------------------------------------------------------- resume
+    def restore_weights(self, strategy, state: dict) -> None:
+        """Called before training starts: weights, plugin state and the mid-experience position."""
+        load_trainable(strategy.model, state["adapter"])
+        for plugin in self.stateful:
+            saved = state["plugins"].get(type(plugin).__name__)
+            if saved is not None and hasattr(plugin, "load_state_dict"):
+                plugin.load_state_dict(saved)
+        strategy.global_step = state["global_step"]
+        position = state["position"]
+        if position["exp_step"] or position["microbatch"] or position["epoch"]:
+            strategy.resume_position = dict(position)
+        self.pending = state
+
+    def before_training_exp(self, strategy, **kwargs):
+        if self.pending is not None and not strategy.resume_position:
+            self._restore_runtime(strategy, restore_optimizer=not strategy.cfg.reset_optimizer)
+
+    def before_training_epoch(self, strategy, **kwargs):
+        if self.pending is not None and strategy.resume_position:
+            self._restore_runtime(strategy, restore_optimizer=True)
+
+    def _restore_runtime(self, strategy, *, restore_optimizer: bool) -> None:
+        state, self.pending = self.pending, None
+        if restore_optimizer:
+            strategy.optimizer.load_state_dict(state["optimizer"]["optimizer"])
+            if state["optimizer"]["scheduler"] is not None and strategy.resume_position:
+                strategy.scheduler.load_state_dict(state["optimizer"]["scheduler"])
+        set_rng_state(state["rng_tensors"], state["rng"])

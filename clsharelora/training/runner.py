@@ -1,0 +1,276 @@
+"""One continual-learning run, end to end: validate -> data -> model + adapter -> Avalanche training over
+the stream, scoring every task after every experience -> results, adapters and checkpoints on disk.
+
+Everything a user can get wrong is checked in `prepare` before any model weight is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from avalanche.core import SupervisedPlugin
+from avalanche.logging import TextLogger
+from avalanche.training.plugins import EvaluationPlugin
+
+from .. import atomic, models, registry
+from ..benchmarks.scenario import make_benchmark
+from ..benchmarks.stream import Stream, load_stream
+from ..config import RunConfig
+from ..errors import ConfigError, UserError
+from ..evaluation.base import make_evaluator
+from ..paths import PROJECT_ROOT, data_root
+from .checkpoint import Checkpointer, CheckpointPlugin
+from .cl_base import CLContext
+from .distributed import Dist
+from .metric_plugin import ContinualMetrics
+from .results import ResultsStore
+from .scoring import ScoringPlugin
+from .template import CausalLMTemplate, trainable_parameters
+
+PACKAGES = ("torch", "transformers", "peft", "avalanche-lib", "accelerate", "datasets", "numpy", "safetensors")
+
+
+@dataclass
+class Prepared:
+    config: RunConfig
+    stream: Stream
+    adapter: registry.Strategy
+    cl: registry.Strategy
+    run_dir: Path
+    data_root: Path
+    resume_from: Path | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolved_config_dict(config: RunConfig) -> dict:
+    """What identifies a run: its config without the output location."""
+    data = config.to_dict()
+    data.pop("out", None)
+    return data
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True,
+                                    text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "git_commit": commit, "git_dirty": dirty, "torch_threads": torch.get_num_threads(),
+            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+
+
+def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
+    """All validation: names, options, stream, data files, output dir. Loads no model."""
+    stream = load_stream(config.stream)
+    adapter_opts = {k: v for k, v in config.adapter.items() if k != "name"}
+    cl_opts = {k: v for k, v in config.cl.items() if k != "name"}
+    adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
+    cl = registry.create(config.cl["name"], "cl", **cl_opts)
+    models.resolve(config.model)
+    root = data_root(config.data_root)
+    name = config.name or f"{stream.name}-{adapter.name}"
+    run_dir = Path(config.out or Path("runs") / name)
+    resume_from = _check_run_dir(run_dir, config, resume)
+    return Prepared(config=dataclasses.replace(config, name=name, out=str(run_dir)), stream=stream,
+                    adapter=adapter, cl=cl, run_dir=run_dir, data_root=root, resume_from=resume_from)
+
+
+def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> Path | None:
+    saved = run_dir / "config.yaml"
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        if resume:
+            raise UserError(f"--resume: {run_dir} holds no run to resume")
+        return None
+    if not saved.is_file():
+        raise UserError(f"output dir {run_dir} is not empty and holds no clsharelora run; choose another --out")
+    old = yaml.safe_load(saved.read_text()) or {}
+    old.pop("out", None)
+    new = resolved_config_dict(config)
+    new["name"] = old.get("name") if config.name is None else new["name"]
+    if not resume:
+        raise UserError(f"output dir {run_dir} already holds a run: add --resume to continue it, "
+                        f"or choose another --out")
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differing:
+        raise UserError(f"output dir {run_dir} holds a different run (config differs in: {', '.join(differing)}); "
+                        f"choose another --out")
+    latest = Checkpointer(run_dir).latest()
+    return latest
+
+
+def _load_model(prep: Prepared, device: torch.device):
+    cfg = prep.config
+    dtype = getattr(torch, cfg.dtype)
+    kwargs = {}
+    if cfg.load_in_4bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError("load_in_4bit needs the bitsandbytes package and a CUDA GPU") from None
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+    seed_everything(cfg.seed)
+    model = models.load_model(cfg.model, dtype=dtype, device=device if not cfg.load_in_4bit else "cpu",
+                              seed=cfg.seed, **kwargs)
+    seed_everything(cfg.seed)  # the adapter's init draws from a known RNG state
+    return prep.adapter.apply(model).to(device)
+
+
+class CostPlugin(SupervisedPlugin):
+    """Train time, optimizer-state bytes and peak memory, kept in the results."""
+
+    def __init__(self, store: ResultsStore, device: torch.device):
+        super().__init__()
+        self.store, self.device = store, device
+        self._start = None
+
+    def before_training_exp(self, strategy, **kwargs):
+        self._start = time.perf_counter()
+
+    def after_update(self, strategy, **kwargs):
+        if "optimizer_state_bytes" not in self.store.cost:
+            self.store.cost["optimizer_state_bytes"] = sum(
+                t.numel() * t.element_size() for s in strategy.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0)
+
+    def after_training_exp(self, strategy, **kwargs):
+        elapsed = time.perf_counter() - self._start
+        self.store.cost["train_time_s"] = round(self.store.cost.get("train_time_s", 0.0) + elapsed, 3)
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        self.store.cost["peak_memory_bytes"] = max(int(peak), int(self.store.cost.get("peak_memory_bytes", 0)))
+        self.store.cost["peak_memory_kind"] = "cuda_allocated" if self.device.type == "cuda" else "process_rss"
+
+
+class ExperienceDone(SupervisedPlugin):
+    """Persists after each experience, in crash-safe order: checkpoint (with the new row) then results.json."""
+
+    def __init__(self, checkpoint: CheckpointPlugin, store: ResultsStore, run_dir: Path, dist: Dist):
+        super().__init__()
+        self.checkpoint, self.store, self.run_dir, self.dist = checkpoint, store, run_dir, dist
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.checkpoint.save(strategy, completed=True)
+        if self.dist.is_main:
+            self.store.write(self.run_dir)
+
+
+def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) the stream; returns the run directory."""
+    prep = prepare(config, resume=resume)
+    cfg = prep.config
+    dist = Dist.from_environment(cfg.device) if cfg.device in ("auto", "cpu") else Dist.single(cfg.device)
+    device = dist.device
+    run_dir = prep.run_dir
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic.write_json(run_dir / "environment.json", environment())
+    dist.barrier()
+
+    tokenizer = models.load_tokenizer(cfg.model)
+    seed_everything(cfg.seed)
+    benchmark = make_benchmark(prep.stream, tokenizer, max_length=cfg.train.max_length, seed=cfg.seed,
+                               data_root=prep.data_root)
+    evaluators = []
+    for exp in prep.stream.experiences:
+        options = {"n": cfg.eval.n, "batch_size": cfg.eval.batch_size, **exp.eval_options}
+        evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
+
+    model = _load_model(prep, device)
+    store = ResultsStore(
+        run={"name": cfg.name, "stream": prep.stream.name, "adapter": prep.adapter.name,
+             "variant": prep.adapter.options.get("variant", prep.adapter.name), "cl": prep.cl.name,
+             "model": cfg.model, "seed": cfg.seed, "adapter_options": prep.adapter.options,
+             "cl_options": prep.cl.options},
+        tasks=prep.stream.tasks, experiences=[e.name for e in prep.stream.experiences])
+    store.cost.update(_param_costs(prep, model))
+
+    cl_plugins = prep.cl.plugins(CLContext(seed=cfg.seed, datasets=[e.dataset for e in benchmark.train_stream],
+                                           dist=dist))
+    checkpointer = Checkpointer(run_dir)
+    checkpoint = CheckpointPlugin(checkpointer, store, every=cfg.train.checkpoint_every, plugins=cl_plugins, dist=dist)
+    scoring = ScoringPlugin(evaluators, tokenizer, store, run_dir, adapter=prep.adapter, dist=dist, progress=progress)
+    loggers = [TextLogger(open(run_dir / "log.txt", "a"))] if dist.is_main else []
+    evaluator = EvaluationPlugin(ContinualMetrics(store), loggers=loggers)
+    budgets = {i: {"epochs": e.train.epochs, "max_steps": e.train.max_steps}
+               for i, e in enumerate(prep.stream.experiences)}
+    strategy = CausalLMTemplate(
+        model=model, train_config=cfg.train, seed=cfg.seed, device=device, dist=dist, progress=progress, budgets=budgets,
+        plugins=[*cl_plugins, scoring, CostPlugin(store, device), ExperienceDone(checkpoint, store, run_dir, dist),
+                 checkpoint],
+        evaluator=evaluator)
+
+    start = 0
+    if prep.resume_from is not None:
+        state = Checkpointer.read(prep.resume_from)
+        _check_rows_unchanged(run_dir, state["results"])
+        restored = ResultsStore.from_json(state["results"])
+        store.rows, store.cost = restored.rows, {**store.cost, **restored.cost}
+        checkpoint.restore_weights(strategy, state)
+        start = state["position"]["exp_index"]
+        if dist.is_main:
+            print(f"resuming {run_dir} from {prep.resume_from.name}: {store.done} experience(s) done", flush=True)
+    for experience in list(benchmark.train_stream)[start:]:
+        strategy.train(experience)
+    if dist.is_main:
+        store.write(run_dir)
+    dist.barrier()
+    return run_dir
+
+
+def _check_rows_unchanged(run_dir: Path, checkpoint_results: dict) -> None:
+    """results.json may never hold rows that the checkpoint contradicts (completed results are final)."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return
+    import json
+
+    on_disk = json.loads(path.read_text()).get("scores", [])
+    saved = checkpoint_results.get("scores", [])
+    for i, row in enumerate(on_disk[:len(saved)]):
+        if row != saved[i]:
+            raise UserError(f"{path}: row {i} differs from the checkpoint; refusing to overwrite finished results")
+
+
+def _param_costs(prep: Prepared, model) -> dict:
+    cost = {"trainable_params": sum(p.numel() for p in trainable_parameters(model))}
+    opts = prep.adapter.options
+    if "r" in opts and "targets" in opts:
+        try:
+            lora = registry.create("lora", "adapter", r=opts["r"], targets=opts["targets"])
+            base_config = getattr(model, "base_model", model).config if hasattr(model, "base_model") else model.config
+            cost["lora_trainable_params"] = int(lora.expected_params(base_config))
+        except (UserError, AttributeError, TypeError, KeyError):
+            pass
+    return cost
