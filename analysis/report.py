@@ -22,7 +22,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from clsharelora.errors import UserError
+from clsharelora.errors import DataError, UserError
 
 from . import tables
 from .curves import plot_forgetting_curves
@@ -122,12 +122,19 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     page.heading(2, "Runs")
     runs_rows = [[r.name, r.stream, r.model, r.label, str(r.seed), r.status, str(r.path)] for r in runs]
     page.table(["run", "stream", "model", "strategy", "seed", "status", "directory"], runs_rows)
-    incomplete = [r for r in runs if not r.complete]
+    incomplete = [r for r in runs if r.started and not r.complete]
     if incomplete:
         page.para(
             "**Incomplete runs** (drawn up to their last finished experience, measured only over it): "
             + "; ".join(f"{r.name}: {r.status}" for r in incomplete)
         )
+    empty = [r for r in runs if not r.started]
+    if empty:
+        page.para("**Runs without any score yet** (left out of figures and tables): "
+                  + "; ".join(r.name for r in empty))
+    runs = [r for r in runs if r.started]
+    if not runs:
+        raise DataError("none of the given runs has any score yet (all results.json matrices are empty)")
 
     comparisons, seed_frames, pair_frames, pair_summaries, md_sections = [], [], [], [], []
     for (stream, model), group in by_setting(runs).items():

@@ -53,6 +53,8 @@ class Run:
     experiences: tuple[str, ...]
     matrices: dict[str, np.ndarray] = field(repr=False)
     cost: dict[str, float] = field(repr=False)
+    #: how peak memory was measured ("cuda_allocated", "process_rss", ...), when the run says
+    memory_kind: str | None = None
 
     @property
     def T(self) -> int:
@@ -60,8 +62,13 @@ class Run:
 
     @property
     def done(self) -> int:
-        """Experiences completed (k)."""
+        """Experiences completed (k); -1 for a run with no scores yet (not even row 0)."""
         return self.matrices["accuracy"].shape[0] - 1
+
+    @property
+    def started(self) -> bool:
+        """Whether the run has any score (row 0); runs without one are listed but not analysed."""
+        return self.done >= 0
 
     @property
     def complete(self) -> bool:
@@ -69,6 +76,8 @@ class Run:
 
     @property
     def status(self) -> str:
+        if not self.started:
+            return "not started (no scores yet)"
         return "complete" if self.complete else f"incomplete ({self.done}/{self.T} experiences)"
 
     @property
@@ -120,8 +129,10 @@ def _need(obj: dict, key: str, kind: type | tuple[type, ...], where: str, file: 
 
 
 def _matrix(value: Any, T: int, field_name: str, file: Path) -> np.ndarray:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{file}: field '{field_name}' must be a non-empty list of rows, got {value!r:.80}")
+    if not isinstance(value, list):
+        raise DataError(f"{file}: field '{field_name}' must be a list of rows, got {value!r:.80}")
+    if not value:  # written before the first evaluation finished: a run with no points yet
+        return np.zeros((0, T))
     if len(value) > T + 1:
         raise DataError(f"{file}: field '{field_name}' has {len(value)} rows; at most T+1 = {T + 1} allowed")
     for i, row in enumerate(value):
@@ -207,6 +218,9 @@ def load_run(path: str | Path) -> Run:
             raise DataError(f"{file}: field 'cost.{key}' must be a number, got {v!r}")
         else:
             cost[key] = float(v)
+    memory_kind = cost_raw.get("peak_memory_kind")
+    if memory_kind is not None and not isinstance(memory_kind, str):
+        raise DataError(f"{file}: field 'cost.peak_memory_kind' must be a string, got {memory_kind!r}")
 
     return Run(
         path=file.parent,
@@ -221,6 +235,7 @@ def load_run(path: str | Path) -> Run:
         experiences=tuple(experiences),
         matrices=mats,
         cost=cost,
+        memory_kind=memory_kind,
     )
 
 

@@ -34,7 +34,8 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per strategy of ONE setting, seeds averaged (see seeds.py for their spread).
 
     Columns: stream, model, strategy, adapter, variant, cl, seeds, status, done, T, trainable_params,
-    pct_of_lora, peak_memory_mib, train_time_s, then <score>_<metric> for every score and metric.
+    pct_of_lora, peak_memory_mib, peak_memory_kind, train_time_s, then <score>_<metric> for every score
+    and metric. Runs with no scores yet must be left out by the caller (see report.py).
     `done` is the fewest experiences any seed finished; metrics are over those (the run's "so far").
     """
     if not runs:
@@ -42,6 +43,8 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
     settings = {r.setting for r in runs}
     if len(settings) != 1:
         raise ValueError(f"comparison_table takes the runs of one (stream, model) setting, got {sorted(settings)}")
+    if not all(r.started for r in runs):
+        raise ValueError(f"comparison_table got runs with no scores yet: {[str(r.path) for r in runs if not r.started]}")
     lora_ref = _lora_reference(runs)
     rows = []
     for label, group in by_strategy(runs).items():
@@ -64,6 +67,7 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             "trainable_params": _mean([r.cost["trainable_params"] for r in group]),
             "pct_of_lora": _mean(pct),
             "peak_memory_mib": _mean([r.cost["peak_memory_bytes"] / MIB for r in group]),
+            "peak_memory_kind": "/".join(sorted({r.memory_kind or "unknown" for r in group})),
             "train_time_s": _mean([r.cost["train_time_s"] for r in group]),
         }
         for score in SCORES:
@@ -126,6 +130,7 @@ def comparison_columns() -> dict[str, tuple[str, Callable[[object], str]]]:
         "trainable_params": ("trainable params", _fmt_int),
         "pct_of_lora": ("% of LoRA", _fmt_pct),
         "peak_memory_mib": ("peak memory (MiB)", _fmt_num(1)),
+        "peak_memory_kind": ("memory measured as", str),
         "train_time_s": ("train time (s)", _fmt_num(1)),
     }
     for score in SCORES:

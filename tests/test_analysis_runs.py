@@ -146,3 +146,33 @@ def test_not_json(tmp_path):
     (d / "results.json").write_text("{not json")
     with pytest.raises(DataError, match=r"results.json: not valid JSON \(line 1"):
         load_run(d)
+
+
+def test_reads_what_training_writes(tmp_path):
+    """Contract check against the writer itself (clsharelora.training.results.ResultsStore)."""
+    from clsharelora.training.results import ResultsStore
+
+    rng = np.random.default_rng(np.random.SeedSequence().entropy)
+    tasks = ["gsm8k", "humaneval", "mmlu"]
+    store = ResultsStore(
+        run={"name": "t", "stream": "demo", "adapter": "lora", "variant": "lora", "cl": "naive",
+             "model": "tiny-llama", "seed": 5, "adapter_options": {"r": 8}, "cl_options": {}},
+        tasks=tasks, experiences=["gsm8k", "code", "mmlu"])
+    store.cost.update({"trainable_params": 123, "peak_memory_bytes": 5 * 2**20, "peak_memory_kind": "process_rss"})
+    d = tmp_path / "run"
+    d.mkdir()
+    store.write(d)  # before any evaluation: empty matrices
+    r0 = load_run(d)
+    assert not r0.started and r0.status == "not started (no scores yet)"
+    acc = rng.random((3, 3))
+    for i in range(3):
+        store.add_row([{"task": t, "accuracy": float(acc[i, j]), "nll": 1.0 + float(acc[i, j]), "n": 4}
+                       for j, t in enumerate(tasks)])
+    store.write(d)
+    r = load_run(d)
+    assert r.label == "lora" and r.seed == 5 and r.done == 2 and r.status == "incomplete (2/3 experiences)"
+    assert r.memory_kind == "process_rss" and r.cost["trainable_params"] == 123
+    np.testing.assert_array_equal(r.matrices["accuracy"], acc)
+    stored = json.loads((d / "results.json").read_text())["metrics"]["accuracy"]
+    for key in ("acc", "bwt", "fwt", "forgetting"):
+        assert r.metrics("accuracy")[key] == pytest.approx(stored[key])
