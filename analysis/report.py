@@ -199,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--title", default="Continual-learning report", help="report title")
     args = parser.parse_args(argv)
     try:
-        runs = load_runs(args.run_dirs)
+        skipped: list[Path] = []
+        runs = load_runs(args.run_dirs, skipped)
+        for p in skipped:
+            print(f"note: skipped {p} (a file, not a run directory)", file=sys.stderr)
         args.out.mkdir(parents=True, exist_ok=True)
         page = build_report(runs, args.out, args.title)
         (args.out / "report.md").write_text(page.markdown(), encoding="utf-8")

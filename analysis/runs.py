@@ -240,14 +240,13 @@ def load_run(path: str | Path) -> Run:
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:
-    """`path` itself when it holds results.json, else every directory below it that does (sorted)."""
+    """`path` itself when it holds results.json, else every directory below it that does (sorted).
+    A plain file other than results.json gives [] (a shell glob like runs/demo/* may include one)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such run directory")
     if path.is_file():
-        if path.name == RESULTS:
-            return [path.parent]
-        raise DataError(f"{path}: expected a run directory (holding {RESULTS}), got a file")
+        return [path.parent] if path.name == RESULTS else []
     if (path / RESULTS).is_file():
         return [path]
     found = sorted(p.parent for p in path.rglob(RESULTS))
@@ -256,19 +255,23 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     return found
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """Load every run under `paths` (run dirs or folders of run dirs); refuse two runs that claim the
-    same stream/model/strategy/seed, since averaging over them would silently double-count a seed."""
+def load_runs(paths: Iterable[str | Path], skipped: list[Path] | None = None) -> list[Run]:
+    """Load every run under `paths` (run dirs or folders of run dirs); plain files that are not
+    results.json are skipped (appended to `skipped` when given). Refuses two runs that claim the same
+    stream/model/strategy/seed, since averaging over them would silently double-count a seed."""
     dirs: list[Path] = []
     seen: set[Path] = set()
     for p in paths:
-        for d in find_run_dirs(p):
+        found = find_run_dirs(p)
+        if not found and skipped is not None:
+            skipped.append(Path(p))
+        for d in found:
             if d.resolve() not in seen:
                 seen.add(d.resolve())
                 dirs.append(d)
     runs = [load_run(d) for d in dirs]
     if not runs:
-        raise DataError("no run directories given")
+        raise DataError(f"no run directory among {[str(p) for p in paths]}")
     owner: dict[tuple, Run] = {}
     tasks_of: dict[tuple[str, str], Run] = {}
     for r in runs:

@@ -93,6 +93,16 @@ def test_duplicate_run_is_refused(tmp_path):
         load_runs([tmp_path])
 
 
+def test_stray_files_from_a_glob_are_skipped(tmp_path):
+    _write(tmp_path / "runs", "a")
+    (tmp_path / "runs" / "notes.md").write_text("x")
+    skipped = []
+    runs = load_runs(sorted((tmp_path / "runs").iterdir()), skipped)
+    assert [r.name for r in runs] == ["a"] and skipped == [tmp_path / "runs" / "notes.md"]
+    with pytest.raises(DataError, match="no run directory among"):
+        load_runs([tmp_path / "runs" / "notes.md"])
+
+
 def test_missing_dir_and_empty_dir(tmp_path):
     with pytest.raises(DataError, match="no such run directory"):
         load_runs([tmp_path / "nope"])
