@@ -99,3 +99,12 @@ def test_closed_form_rejects_regex_and_unknown_projection():
         expected_params(configs.llama2_7b(), "share_q", 8, "q,v")
     with pytest.raises(ConfigError, match="'r'"):
         expected_params(configs.llama2_7b(), "lora", 0, "q,v")
+
+
+@pytest.mark.parametrize("arch,config_fn,targets", [
+    ("llama3-8b", configs.llama3_8b, ["q_proj", "self_attn.k_proj", "down"]),
+    ("gpt2-medium", configs.gpt2_medium, ["c_proj"]),  # suffix: both attn.c_proj and mlp.c_proj
+    ("roberta-base", configs.roberta_base, ["query", "output.dense"]),  # attention.output.dense too
+])
+def test_closed_form_accepts_module_suffixes_like_resolution(arch, config_fn, targets):
+    assert _measured(arch, "share_a", 8, targets) == expected_params(config_fn(), "share_a", 8, targets)

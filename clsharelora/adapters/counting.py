@@ -71,12 +71,16 @@ def projection_dims(config: Any, targets: Any = ALL_LINEAR) -> dict[str, tuple[i
         tokens = spec
     out: dict[str, tuple[int, int, int]] = {}
     for token in tokens:
-        if token not in table:
+        # a short name, or a module-name suffix exactly as resolve_targets reads it ("q_proj", "c_proj")
+        entries = [table[token]] if token in table else [
+            e for e in dict.fromkeys(table.values()) if e[0] == token or e[0].endswith("." + token)]
+        if not entries:
             raise ConfigError(
-                f"option 'targets': {token!r} is not a projection of {model_type} (known: {', '.join(table)})"
+                f"option 'targets': {token!r} is not a projection of {model_type} "
+                f"(known: {', '.join(table)} or {', '.join(e[0] for e in dict.fromkeys(table.values()))})"
             )
-        module, d_in, d_out = table[token]
-        out[module] = (d_in, d_out, layers)
+        for module, d_in, d_out in entries:
+            out[module] = (d_in, d_out, layers)
     return out
 
 
