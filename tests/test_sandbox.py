@@ -242,3 +242,16 @@ def test_flooded_output_keeps_head_and_tail():
     res = run_program("import sys\nsys.stderr.write('z' * 3_000_000)\nraise ValueError('the end')\n", max_output=1000)
     assert res.status == "failed" and res.reason == "ValueError: the end", res.reason
     assert res.stderr.startswith("z" * 500) and "bytes cut" in res.stderr and len(res.stderr) < 1100
+
+
+def test_stdlib_that_solutions_use_still_works_under_the_guard():
+    """The guard must not break modules generated solutions commonly import (random calls
+    os.register_at_fork at import time, for one)."""
+    mods = ["math", "random", "re", "itertools", "functools", "collections", "heapq", "bisect", "string",
+            "typing", "fractions", "decimal", "statistics", "hashlib", "datetime", "json", "copy", "operator",
+            "array", "time", "dataclasses", "enum", "textwrap", "unicodedata", "cmath", "struct", "numbers"]
+    src = "".join(f"import {m}\n" for m in mods) + "print(random.Random(0).random(), math.comb(5, 2))\n"
+    res = run_program(src)
+    assert res.status == "passed", res.reason
+    import random as host_random
+    assert res.stdout.split() == [repr(host_random.Random(0).random()), "10"]

@@ -76,6 +76,7 @@ def _bootstrap():
 
 def _reliability_guard():
     # openai/human-eval's reliability_guard (execution.py), plus process-, network- and FFI-level calls.
+    # os.register_at_fork stays: `random` calls it on import (forking itself is disabled).
     import builtins, faulthandler, shutil
     faulthandler.disable()
     builtins.exit = None
@@ -88,7 +89,7 @@ def _reliability_guard():
                  "lchmod", "getcwd", "chdir", "popen", "posix_spawn", "posix_spawnp", "execv",
                  "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnl",
                  "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
-                 "setsid", "setpgid", "setpgrp", "pidfd_open", "register_at_fork", "unshare"):
+                 "setsid", "setpgid", "setpgrp", "pidfd_open", "unshare"):
         if hasattr(os, name):
             setattr(os, name, None)
     shutil.rmtree = None
