@@ -255,3 +255,23 @@ def test_stdlib_that_solutions_use_still_works_under_the_guard():
     assert res.status == "passed", res.reason
     import random as host_random
     assert res.stdout.split() == [repr(host_random.Random(0).random()), "10"]
+
+
+def test_fallback_without_os_isolation_still_guards(monkeypatch, canary, listener):
+    """Where no namespace/uid layer is available, the probe falls back to a plain process, says so, and
+    the reliability guard alone still fails the hostile programs."""
+    monkeypatch.setattr(sandbox, "_candidates", lambda: [((), None, ())])
+    try:
+        iso = sandbox.isolation(refresh=True)
+        assert iso.prefix == () and iso.run_as is None and "netns" not in iso.description
+        assert run_program(problem("pass")).status == "passed"
+        port = listener.getsockname()[1]
+        for body in (f"import os\nos.remove({str(canary)!r})", f"import socket\nsocket.create_connection(('127.0.0.1', {port}))",
+                     "import os\nos.fork()", f"import os\nos.kill({os.getpid()}, 9)"):
+            res = run_program(problem(body))
+            assert res.status == "failed", (body, res)
+        assert canary.read_text() == "alive"
+        assert_no_connection(listener)
+    finally:
+        monkeypatch.undo()
+        sandbox.isolation(refresh=True)

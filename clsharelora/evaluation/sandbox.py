@@ -165,21 +165,21 @@ def _pythons() -> list[str]:
 
 def _candidates() -> list[tuple[tuple[str, ...], tuple[int, int] | None, tuple[str, ...]]]:
     unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
-    ns_full = ("--net", "--pid", "--fork", "--kill-child", "--mount-proc")
+    ns_full = ("--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
+    ns_layers = ("netns", "pidns", "mountns", "ipcns", "utsns")
     out = []
     if os.geteuid() == 0:
         uid, gid = _nobody()
         drop = (setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--")
         if unshare and setpriv:
-            out.append(((unshare, *ns_full, "--", *drop), (uid, gid), ("netns", "pidns", "mountns", "uid-drop")))
+            out.append(((unshare, *ns_full, "--", *drop), (uid, gid), (*ns_layers, "uid-drop")))
             out.append(((unshare, "--net", "--", *drop), (uid, gid), ("netns", "uid-drop")))
         if setpriv:
             out.append((drop, (uid, gid), ("uid-drop",)))
         if unshare:
-            out.append(((unshare, *ns_full, "--"), None, ("netns", "pidns", "mountns")))
+            out.append(((unshare, *ns_full, "--"), None, ns_layers))
     elif unshare:
-        out.append(((unshare, "--user", "--map-root-user", *ns_full, "--"), None,
-                    ("userns", "netns", "pidns", "mountns")))
+        out.append(((unshare, "--user", "--map-root-user", *ns_full, "--"), None, ("userns", *ns_layers)))
         out.append(((unshare, "--user", "--map-root-user", "--net", "--"), None, ("userns", "netns")))
     out.append(((), None, ()))
     return out
