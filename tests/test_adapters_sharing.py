@@ -87,6 +87,7 @@ def test_parameters_and_named_parameters_dedup_shared_tensors():
     assert len(trainable) == len({id(p) for p in trainable}) == len(named)
     # 7 types x 2 layers x (A, B) untied = 28 entries; share_a drops one A per type = 21
     assert len(all_named) == 28 and len(named) == 21
+    assert model.get_nb_trainable_parameters()[0] == count_trainable(model)  # peft's own count agrees
     assert all(".layers.1." not in n for n in named if "lora_A" in n)  # owner is layer 0
     assert len(model.state_dict()) >= 28  # state_dict keeps every member's key (same storage)
 
