@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib.patches import Patch
 
 from . import style
 from .runs import Run, by_strategy, mean_matrix
@@ -43,8 +44,6 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
     for j, task in enumerate(tasks):
         ax = axes[j // ncols][j % ncols]
         ax.axvspan(j + 0.6, j + 1.4, color="0.92", zorder=0)
-        ax.text(j + 1, 0.02, "trained", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize=8, color="0.35")
         for lab, g in groups.items():
             mean, std, _ = stats[lab]
             y = mean[:, j]
@@ -69,10 +68,15 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], ls="", marker="*", ms=12, color="0.5", mec="black", mew=0.6))
     labels.append("score right after training the task")
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    handles.append(Patch(facecolor="0.92", edgecolor="0.8"))
+    labels.append("experience that trained the task")
+    if any(len(g) > 1 for g in groups.values()):
+        handles.append(Patch(facecolor="0.5", alpha=0.25))
+        labels.append("shaded: ±1 std over seeds")
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
     fig.suptitle(title or f"Forgetting curves ({style.SCORE_TITLE[score]}): {first.stream} on {first.model}",
                  fontsize=12)
-    legend_rows = math.ceil(len(labels) / 4)
+    legend_rows = math.ceil(len(labels) / 3)
     fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 0.97))
     out = Path(out)
     style.save(fig, out)
