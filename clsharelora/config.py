@@ -7,14 +7,13 @@ A run is fully described by a `RunConfig`; the CLI builds one from defaults < --
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -69,11 +68,6 @@ class RunConfig:
 _SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
 
 
-def _did_you_mean(key: str, known) -> str:
-    hint = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
-
-
 def _check_type(where: str, value: Any, annotation: str) -> Any:
     """Coerce YAML scalars to the annotated type (int->float is fine); reject the rest with a clear message."""
     kinds = [a.strip() for a in annotation.replace("Optional[", "").rstrip("]").split("|")]
@@ -89,6 +83,11 @@ def _check_type(where: str, value: Any, annotation: str) -> Any:
         return value
     if "float" in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if "float" in kinds and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if "str" in kinds and isinstance(value, str):
         return value
     if any(k.startswith("dict") for k in kinds) and isinstance(value, dict):
@@ -103,7 +102,7 @@ def _build(cls, data: dict[str, Any], where: str):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"unknown key {where + '.' if where else ''}{key}{_did_you_mean(key, fields)}; "
+            raise ConfigError(f"unknown key {where + '.' if where else ''}{key}{did_you_mean(key, fields)}; "
                               f"known: {', '.join(fields)}")
         path = f"{where}.{key}" if where else key
         if key in _SECTIONS and cls is RunConfig:
@@ -189,7 +188,7 @@ def validate(config: RunConfig) -> None:
 
     schedules = [s.value for s in SchedulerType]
     if t.schedule not in schedules:
-        raise ConfigError(f"train.schedule {t.schedule!r} is unknown{_did_you_mean(t.schedule, schedules)}; "
+        raise ConfigError(f"train.schedule {t.schedule!r} is unknown{did_you_mean(t.schedule, schedules)}; "
                           f"known: {', '.join(schedules)}")
 
 

@@ -13,3 +13,16 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file is missing, corrupt, or holds an unexpected value (message names file and line)."""
+
+
+def did_you_mean(key: str, known) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or '' when nothing is close."""
+    import difflib
+
+    known = [str(k) for k in known]
+    hint = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if not hint:  # "lr_rate" -> "lr": a known name that starts the key (or the reverse) beats fuzzy matching
+        hint = sorted((k for k in known if key.startswith(k) or k.startswith(key)), key=len, reverse=True)[:1]
+    if not hint:
+        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""

@@ -8,13 +8,12 @@ nothing in `clsharelora/` changes when a strategy is added.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata as md
 import pkgutil
 from typing import Any, ClassVar
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 ENTRY_POINT_GROUP = "clsharelora.strategies"
 KINDS = ("adapter", "cl")
@@ -35,10 +34,8 @@ class Strategy:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             key = unknown[0]
-            hint = difflib.get_close_matches(key, self.defaults, n=1)
-            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError(
-                f"unknown option {key!r} for {self.kind} strategy {self.name!r}{did_you_mean}; "
+                f"unknown option {key!r} for {self.kind} strategy {self.name!r}{did_you_mean(key, self.defaults)}; "
                 f"known options: {', '.join(sorted(self.defaults)) or 'none'}"
             )
         self.options = {**self.defaults, **options}
@@ -92,9 +89,8 @@ def get(name: str, kind: str) -> type:
     discover()
     table = _REGISTRY[kind]
     if name not in table:
-        hint = difflib.get_close_matches(name, table, n=1)
-        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(f"unknown {kind} strategy {name!r}{did_you_mean}; known: {', '.join(sorted(table))}")
+        raise ConfigError(f"unknown {kind} strategy {name!r}{did_you_mean(name, table)}; "
+                          f"known: {', '.join(sorted(table))}")
     return table[name]
 
 

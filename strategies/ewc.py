@@ -19,7 +19,7 @@ from clsharelora.registry import register
 from clsharelora.training.cl_base import CLContext, CLStrategy
 
 
-class AdapterEWCPlugin(SupervisedPlugin):
+class AdapterEWCPlugin(SupervisedPlugin, supports_distributed=True):
     def __init__(self, ewc_lambda: float, fisher_batches: int, mode: str = "separate", decay: float = 1.0):
         super().__init__()
         self.ewc_lambda, self.fisher_batches, self.mode, self.decay = ewc_lambda, fisher_batches, mode, decay

@@ -15,7 +15,7 @@ from clsharelora.registry import register
 from clsharelora.training.cl_base import CLContext, CLStrategy
 
 
-class TextReplayPlugin(SupervisedPlugin):
+class TextReplayPlugin(SupervisedPlugin, supports_distributed=True):
     def __init__(self, datasets, mem_size: int, seed: int):
         super().__init__()
         self.datasets, self.mem_size, self.seed = datasets, mem_size, seed

@@ -11,13 +11,12 @@ experiences:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import load_yaml
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 TRAIN_KEYS = {"benchmark", "split", "n", "epochs", "max_steps", "max_length", "options"}
 EXPERIENCE_KEYS = {"name", "train", "eval"}
@@ -58,9 +57,8 @@ class Stream:
 def _unknown(keys, known, where: str) -> None:
     for key in keys:
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            dym = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{dym}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}; "
+                              f"known: {', '.join(sorted(known))}")
 
 
 def _positive(value, where: str) -> int | None:

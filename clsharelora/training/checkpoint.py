@@ -120,7 +120,7 @@ def load_trainable(model, tensors: dict[str, torch.Tensor]) -> None:
             p.copy_(tensors[name].to(p.device, p.dtype))
 
 
-class CheckpointPlugin(SupervisedPlugin):
+class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
     """Mid-experience checkpoints every `every` optimizer steps, and restoring a checkpoint on resume."""
 
     def __init__(self, checkpointer: Checkpointer, store, *, every: int = 0, plugins=(), dist=None):

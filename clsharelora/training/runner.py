@@ -144,7 +144,7 @@ def _load_model(prep: Prepared, device: torch.device):
     return prep.adapter.apply(model).to(device)
 
 
-class CostPlugin(SupervisedPlugin):
+class CostPlugin(SupervisedPlugin, supports_distributed=True):
     """Train time, optimizer-state bytes and peak memory, kept in the results."""
 
     def __init__(self, store: ResultsStore, device: torch.device):
@@ -172,7 +172,7 @@ class CostPlugin(SupervisedPlugin):
         self.store.cost["peak_memory_kind"] = "cuda_allocated" if self.device.type == "cuda" else "process_rss"
 
 
-class ExperienceDone(SupervisedPlugin):
+class ExperienceDone(SupervisedPlugin, supports_distributed=True):
     """Persists after each experience, in crash-safe order: checkpoint (with the new row) then results.json."""
 
     def __init__(self, checkpoint: CheckpointPlugin, store: ResultsStore, run_dir: Path, dist: Dist):
@@ -192,12 +192,8 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     dist = Dist.from_environment(cfg.device) if cfg.device in ("auto", "cpu") else Dist.single(cfg.device)
     device = dist.device
     run_dir = prep.run_dir
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        atomic.write_json(run_dir / "environment.json", environment())
-    dist.barrier()
 
+    # Data next (missing/corrupt files fail here), still before anything is written or any weight is loaded.
     tokenizer = models.load_tokenizer(cfg.model)
     seed_everything(cfg.seed)
     benchmark = make_benchmark(prep.stream, tokenizer, max_length=cfg.train.max_length, seed=cfg.seed,
@@ -207,6 +203,11 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         options = {"n": cfg.eval.n, "batch_size": cfg.eval.batch_size, **exp.eval_options}
         evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
 
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic.write_json(run_dir / "environment.json", environment())
+    dist.barrier()
     model = _load_model(prep, device)
     store = ResultsStore(
         run={"name": cfg.name, "stream": prep.stream.name, "adapter": prep.adapter.name,

@@ -18,7 +18,7 @@ from .distributed import Dist
 from .results import ResultsStore
 
 
-class ScoringPlugin(SupervisedPlugin):
+class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
     def __init__(self, evaluators: list[Evaluator], tokenizer, store: ResultsStore, run_dir: Path, *,
                  adapter, dist: Dist | None = None, progress: bool = True):
         super().__init__()

@@ -1,0 +1,119 @@
+"""CausalLMTemplate: the update of one optimizer step equals the gradient of the token-mean loss over the
+whole step, however it is split into micro-batches; prompt tokens never contribute; shared tensors once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche.core import SupervisedPlugin
+from transformers import AutoModelForCausalLM
+
+from clsharelora import registry
+from clsharelora.benchmarks.tokenized import IGNORE_INDEX, PadCollator, TokenizedPairs, encode_pair
+from clsharelora.config import TrainConfig
+from clsharelora.models import configs
+from clsharelora.training.template import CausalLMTemplate, trainable_parameters
+
+VOCAB = 97
+
+
+def _model(adapter="lora", **opts):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(configs.tiny_llama(vocab_size=VOCAB))
+    model = registry.create(adapter, "adapter", r=4, dropout=0.0, **opts).apply(base)
+    with torch.no_grad():  # B starts at zero in LoRA; make gradients of A non-trivial
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _examples(seed: int, n: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        prompt_len = int(torch.randint(2, 9, (1,), generator=g))
+        target_len = int(torch.randint(1, 7, (1,), generator=g))
+        ids = torch.randint(3, VOCAB, (prompt_len + target_len,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]})
+    return out
+
+
+class GradCapture(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.grads = None
+
+    def before_update(self, strategy, **kwargs):
+        self.grads = {n: p.grad.detach().clone() for n, p in strategy.model.named_parameters() if p.requires_grad}
+
+
+def _one_step_grads(model, examples, batch_size, accum):
+    data = AvalancheDataset([TokenizedPairs(examples, [str(i) for i in range(len(examples))])],
+                            collate_fn=PadCollator(0))
+    bench = benchmark_from_datasets(train=[data])
+    capture = GradCapture()
+    cfg = TrainConfig(lr=1e-3, batch_size=batch_size, grad_accum=accum, max_steps=1, warmup_ratio=0.0,
+                      schedule="constant", max_grad_norm=None)
+    strategy = CausalLMTemplate(model=model, train_config=cfg, plugins=[capture], progress=False)
+    strategy.train(bench.train_stream[0])
+    return capture.grads
+
+
+def _reference_grads(model, examples):
+    """Independent: sum of target-token NLL over all examples / number of target tokens, one by one."""
+    model.zero_grad()
+    total_tokens = sum(sum(1 for t in x["labels"][1:] if t != IGNORE_INDEX) for x in examples)
+    for x in examples:
+        ids = torch.tensor([x["input_ids"]])
+        labels = torch.tensor([x["labels"]])
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
+        (nll / total_tokens).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return grads
+
+
+@pytest.mark.parametrize("batch_size, accum", [(4, 1), (2, 2), (1, 4), (3, 2)])
+@pytest.mark.parametrize("adapter, opts", [("lora", {}), ("sharelora", {"variant": "share_a"})])
+def test_step_gradient_is_token_mean_over_whole_step(batch_size, accum, adapter, opts):
+    seed = int(torch.randint(0, 10_000, (1,)))
+    examples = _examples(seed)
+    reference = _reference_grads(_model(adapter, **opts), examples)
+    got = _one_step_grads(_model(adapter, **opts), examples, batch_size, accum)
+    assert got.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-6, msg=f"{name} (seed {seed})")
+
+
+def test_trainable_parameters_lists_shared_tensors_once():
+    model = _model("sharelora", variant="share_ab")
+    params = trainable_parameters(model)
+    assert len({id(p) for p in params}) == len(params)
+    assert sum(p.numel() for p in params) == registry.create(
+        "sharelora", "adapter", r=4, variant="share_ab").expected_params(model.base_model.model.config)
+
+
+def test_encode_pair_masks_prompt_and_truncates_prompt_first(tokenizer_free=None):
+    class Tok:
+        eos_token_id = 2
+
+        def __call__(self, text, add_special_tokens=True):
+            ids = [ord(c) for c in text]
+            return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+    enc = encode_pair(Tok(), "abcdef", "XY", max_length=100)
+    assert enc["input_ids"] == [1, 97, 98, 99, 100, 101, 102, 88, 89, 2]
+    assert enc["labels"] == [IGNORE_INDEX] * 7 + [88, 89, 2]
+    short = encode_pair(Tok(), "abcdef", "XY", max_length=5)
+    assert short["input_ids"] == [101, 102, 88, 89, 2] and short["labels"][-3:] == [88, 89, 2]
+
+
+def test_pad_collator_right_pads_and_masks():
+    batch = PadCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
