@@ -7,7 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import PercentFormatter, ScalarFormatter  # noqa: E402
 
 DPI = 110
 _PALETTE = plt.get_cmap("tab10").colors
@@ -30,10 +30,11 @@ def experience_ticks(experiences: tuple[str, ...]) -> list[str]:
 
 
 def value_formatter(score: str):
-    """Axis formatter: accuracy as percent, NLL as plain nats."""
+    """Axis formatter: accuracy as percent (decimals chosen from the axis range, so a narrow range never
+    shows repeated labels), NLL in plain numbers (no offset label, which collides with panel titles)."""
     if score == "accuracy":
-        return FuncFormatter(lambda v, _: f"{100 * v:.0f}")
-    return FuncFormatter(lambda v, _: f"{v:.2f}")
+        return PercentFormatter(xmax=1.0, decimals=None, symbol="")
+    return ScalarFormatter(useOffset=False)
 
 
 def cell_text(score: str, value: float) -> str:
