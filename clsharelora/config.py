@@ -41,7 +41,7 @@ class EvalConfig:
     """Scoring after each experience; per-task options (n, shots, ...) come from the stream."""
 
     batch_size: int = 8
-    n: int | None = None           # default subset size per task when the stream gives none
+    n: int | None = None           # cap on items per task, on top of the stream's own n (quick runs)
     autocast: bool = False
 
 
@@ -110,9 +110,10 @@ def _build(cls, data: dict[str, Any], where: str):
         elif key in ("adapter", "cl") and cls is RunConfig:
             if isinstance(value, str):
                 value = {"name": value}
-            if not isinstance(value, dict) or "name" not in value:
-                raise ConfigError(f"{path} must be a strategy name or a mapping with a 'name' key")
-            kwargs[key] = dict(value)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path} must be a strategy name or a mapping of its options")
+            default_name = getattr(RunConfig(), key)["name"]  # `adapter: {r: 64}` keeps the default adapter
+            kwargs[key] = {"name": default_name, **value}
         else:
             kwargs[key] = _check_type(path, value, str(fields[key].type))
     return cls(**kwargs)

@@ -29,3 +29,10 @@ def tiny_stream(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_STREAM)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_stream_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("streams") / "tiny.yaml"
+    path.write_text(TINY_STREAM)
+    return path

@@ -36,7 +36,7 @@ def test_overrides_are_typed_and_nested():
     ({"train": {"schedule": "cosin"}}, "did you mean 'cosine'"),
     ({"train": {"warmup_ratio": 1.5}}, "warmup_ratio"),
     ({"dtype": "float8"}, "dtype must be"),
-    ({"adapter": {"r": 8}}, "'name'"),
+    ({"adapter": 8}, "adapter must be a strategy name or a mapping"),
 ])
 def test_bad_values_name_the_field(data, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
@@ -48,6 +48,11 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path.write_text("model: x\ntrain:\n  lr: [1, 2\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:\d+:\d+: invalid YAML"):
         cfg.load_yaml(path)
+
+
+def test_adapter_block_without_name_keeps_the_default_adapter():
+    assert cfg.from_dict({"adapter": {"r": 64}}).adapter == {"name": "sharelora", "r": 64}
+    assert cfg.from_dict({"cl": "replay"}).cl == {"name": "replay"}
 
 
 def test_override_needs_key_value():
