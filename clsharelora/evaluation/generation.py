@@ -1,0 +1,247 @@
+"""Batched greedy generation for evaluation: length-sorted batches, left padding, KV cache, stop strings.
+
+Prompts that start with a shared context (the few-shot exemplars: one set for all of GSM8K, one per MMLU
+subject) run that context once and reuse its KV cache: the batch is laid out as [context | left padding |
+query], with the padding masked out and positions counted over real tokens only, so every row computes
+exactly what it would alone.
+
+Also the one context every evaluator runs the model in (`eval_context`): inference mode, eval mode (the
+previous train/eval mode restored afterwards) and optional bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from ..errors import ConfigError
+
+#: bf16 autocast default for evaluation (set from a measurement on the project's CPU: see docs/evaluation.md).
+AUTOCAST_DEFAULT = False
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def eval_context(model, *, autocast: bool = False) -> Iterator[None]:
+    """Run the block with `model.eval()`, `torch.inference_mode()` and (optionally) bf16 autocast on the
+    model's device; the model's previous training flag is restored on exit, even after an error."""
+    was_training = model.training
+    model.eval()
+    device_type = model_device(model).type
+    try:
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ConfigError("the tokenizer has neither a pad nor an eos token; batched evaluation needs one to pad")
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (padding waste is minimal and an
+    out-of-memory shows up on the first batch, not the last)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a sequence: the generation config's eos id(s) and the tokenizer's."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured is not None:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (excluding) the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            pos = text.find(s)
+            if pos != -1:
+                cut = min(cut, pos)
+    return text[:cut]
+
+
+class StopOnStrings(StoppingCriteria):
+    """Per-sequence stop once any stop string appears in the generated text (prompt excluded).
+
+    Only the last `window` generated tokens are decoded each step: a stop string of n characters spans at
+    most n tokens (plus a few for byte-level pieces), so nothing is missed and the check stays O(1) per step.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_len: int):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.prompt_len = prompt_len
+        self.window = 2 * max((len(s) for s in self.stop), default=0) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if not self.stop:
+            return done
+        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=False)
+        for row, tail in enumerate(tails):
+            done[row] = any(s in tail for s in self.stop)
+        return done
+
+
+class ContextGroup:
+    """Prompts that share one tokenised context prefix (`prefix` may be empty: no shared context)."""
+
+    def __init__(self, prefix: list[int], indices: list[int]):
+        self.prefix, self.indices = prefix, indices
+
+
+def group_by_context(
+    tokenizer, prompts: Sequence[str], contexts: Sequence[str] | None,
+) -> tuple[list[list[int]], list[ContextGroup]]:
+    """Token ids of every prompt and the groups of prompts sharing a cached prefix.
+
+    The cached prefix of a prompt is the longest run of its OWN leading tokens that its context's tokens
+    also start with (a tokeniser may merge across the context/query boundary, e.g. "\n\n" + "Find"), and
+    always leaves at least one query token; so caching never changes what the model sees. Prompts whose
+    prefix is shared by no other prompt form one uncached group.
+    """
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    if contexts is None:
+        return encoded, [ContextGroup([], list(range(len(prompts))))]
+    if len(contexts) != len(prompts):
+        raise ConfigError(f"contexts has {len(contexts)} entries for {len(prompts)} prompts")
+    context_ids: dict[str, list[int]] = {}
+    members: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, context) in enumerate(zip(prompts, contexts)):
+        k = 0
+        if context and prompt.startswith(context):
+            if context not in context_ids:
+                context_ids[context] = tokenizer(context, add_special_tokens=True)["input_ids"]
+            ids, own = context_ids[context], encoded[i]
+            limit = min(len(ids), len(own) - 1)
+            while k < limit and ids[k] == own[k]:
+                k += 1
+        members.setdefault(tuple(encoded[i][:k]), []).append(i)
+    groups, plain = [], members.pop((), [])
+    for prefix, idx in members.items():
+        if len(idx) > 1:
+            groups.append(ContextGroup(list(prefix), idx))
+        else:  # a context used once saves nothing; batch it with the uncached prompts instead
+            plain += idx
+    if plain:
+        groups.append(ContextGroup([], sorted(plain)))
+    return encoded, groups
+
+
+@torch.inference_mode()
+def context_cache(model, prefix: list[int]):
+    """The KV cache of one forward over `prefix` (batch 1), or None for an empty prefix."""
+    if not prefix:
+        return None
+    ids = torch.tensor([prefix], dtype=torch.long, device=model_device(model))
+    return model(input_ids=ids, use_cache=True).cache
+
+
+def expand_cache(cache, batch: int):
+    """A fresh copy of a batch-1 cache repeated `batch` times (the model appends to the copy, not the
+    original, so the context is reused by every batch)."""
+    if cache is None:
+        return None
+    out = copy.deepcopy(cache)
+    out.batch_repeat_interleave(batch)
+    return out
+
+
+def layout(prefix: list[int], queries: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask of rows [prefix | left padding | query], shape (B, len(prefix) + W)."""
+    width = max(len(q) for q in queries)
+    total = len(prefix) + width
+    input_ids = torch.full((len(queries), total), pad, dtype=torch.long)
+    mask = torch.zeros((len(queries), total), dtype=torch.long)
+    if prefix:
+        input_ids[:, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+        mask[:, : len(prefix)] = 1
+    for row, q in enumerate(queries):
+        input_ids[row, total - len(q):] = torch.tensor(q, dtype=torch.long)
+        mask[row, total - len(q):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    stop: Sequence[str] = (),
+    batch_size: int = 8,
+    progress: str | None = None,
+    contexts: Sequence[str] | None = None,
+) -> list[str]:
+    """Greedy completions of `prompts`, in input order, each cut at the first stop string (excluded).
+
+    KV-cached `model.generate` on length-sorted, left-padded batches; a batch ends as soon as every sequence
+    hit a stop string or EOS. The completion is decoded from the new tokens only (up to the first EOS).
+    `contexts[i]` (optional) is a prefix of prompts[i] shared with other prompts: it is run once and its
+    KV cache reused (same outputs, less compute). `progress` is the tqdm label (None: no bar). The caller
+    chooses eval mode / inference mode / autocast (see `eval_context`).
+    """
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        return []
+    device = model_device(model)
+    encoded, groups = group_by_context(tokenizer, prompts, contexts)
+    pad = pad_id(tokenizer)
+    eos = eos_ids(model, tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+        pad_token_id=pad, eos_token_id=sorted(eos) or None,
+        bos_token_id=getattr(model.generation_config, "bos_token_id", None),
+    )
+    out: list[str | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, leave=False)
+    for group in groups:
+        cache = context_cache(model, group.prefix)
+        p = len(group.prefix)
+        queries = {i: encoded[i][p:] for i in group.indices}
+        for batch in length_sorted_batches([len(queries[i]) for i in group.indices], batch_size):
+            batch = [group.indices[j] for j in batch]
+            input_ids, attention_mask = layout(group.prefix, [queries[i] for i in batch], pad, device)
+            prompt_len = input_ids.shape[1]
+            kwargs = {} if cache is None else {"cache": expand_cache(cache, len(batch))}
+            sequences = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, stop, prompt_len)]), **kwargs,
+            )
+            for row, i in enumerate(batch):
+                new = sequences[row, prompt_len:].tolist()
+                for j, tok in enumerate(new):
+                    if tok in eos:
+                        new = new[:j]
+                        break
+                out[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=False), stop)
+            bar.update(len(batch))
+    bar.close()
+    return out  # type: ignore[return-value]

@@ -1,0 +1,154 @@
+"""MMLU and MMLU-Pro evaluators: few-shot letter scoring from one forward per question (and MMLU-Pro CoT).
+
+Letter mode (lm-eval's loglikelihood scoring): the prediction is the argmax, over the options the item
+actually has, of the log-probabilities of " A", " B", ... at the position after "Answer:". MMLU-Pro's CoT mode
+generates a chain of thought and reads the first "answer is (X)" (lm-eval `mmlu_pro`); no match is wrong.
+Accuracy is micro (over items); `macro_accuracy` averages per-subject (MMLU) / per-category (MMLU-Pro) means.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import ClassVar, Sequence
+
+import torch
+
+from ..data.records import Record
+from ..errors import ConfigError
+from ..prompts import LETTERS, context_for, first_shots, prompt_for, target_for
+from .base import Evaluator, TaskScore, register_evaluator
+from .generation import AUTOCAST_DEFAULT, eval_context, generate
+from .nll import answer_nll, letter_logprobs
+
+COT_STOP = ("Question:", "</s>", "<|im_end|>")
+COT_ANSWER = re.compile(r"answer is \(?([ABCDEFGHIJ])\)?")
+MODES = ("letter", "cot")
+
+
+def extract_cot_letter(completion: str) -> str | None:
+    """The letter of the first "answer is (X)" / "answer is X" in a CoT completion, or None."""
+    match = COT_ANSWER.search(completion)
+    return match.group(1) if match else None
+
+
+def predict_letters(logprobs: torch.Tensor, n_options: Sequence[int]) -> list[str]:
+    """Argmax letter per row, over that row's first n_options[i] letters only (ties: the earlier letter)."""
+    preds = []
+    for row, k in zip(logprobs, n_options):
+        if not 1 <= k <= row.shape[0]:
+            raise ConfigError(f"an item has {k} options but only {row.shape[0]} letters were scored")
+        preds.append(LETTERS[int(torch.argmax(row[:k]))])
+    return preds
+
+
+def micro_macro(correct: Sequence[bool], groups: Sequence[str]) -> tuple[float, float]:
+    """(mean over items, mean over groups of the per-group mean)."""
+    by_group: dict[str, list[bool]] = defaultdict(list)
+    for ok, g in zip(correct, groups):
+        by_group[g].append(ok)
+    micro = sum(correct) / len(correct)
+    macro = sum(sum(v) / len(v) for v in by_group.values()) / len(by_group)
+    return micro, macro
+
+
+class MultipleChoiceEvaluator(Evaluator):
+    """Shared machinery; subclasses fix the benchmark, splits, option count and shot fallback."""
+
+    benchmark: ClassVar[str] = ""
+    shot_split: ClassVar[str] = ""
+    max_options: ClassVar[int] = 4
+    shot_fallback: ClassVar[bool] = False
+    modes: ClassVar[tuple[str, ...]] = ("letter",)
+
+    def __init__(
+        self, *, data_root=None, n: int | None = None, seed: int = 0, shots: int = 5, batch_size: int = 8,
+        split: str = "test", mode: str = "letter", max_new_tokens: int = 512,
+        autocast: bool = AUTOCAST_DEFAULT,
+        records: Sequence[Record] | None = None, shot_pool: Sequence[Record] | None = None,
+    ):
+        if mode not in self.modes:
+            raise ConfigError(f"{self.task}: mode must be one of {', '.join(self.modes)}, got {mode!r}")
+        if batch_size < 1:
+            raise ConfigError(f"{self.task}: batch_size must be >= 1, got {batch_size}")
+        if max_new_tokens < 1:
+            raise ConfigError(f"{self.task}: max_new_tokens must be >= 1, got {max_new_tokens}")
+        from ..data import load_benchmark, seeded_subset
+
+        if records is None:
+            records = load_benchmark(self.benchmark, split, root=data_root, n=n, seed=seed)
+        else:
+            records = seeded_subset(list(records), n, seed)
+        if not records:
+            raise ConfigError(f"{self.task}: no items to evaluate")
+        if shots and shot_pool is None:
+            shot_pool = load_benchmark(self.benchmark, self.shot_split, root=data_root)
+        self.records = list(records)
+        self.mode, self.batch_size, self.max_new_tokens, self.autocast = mode, batch_size, max_new_tokens, autocast
+        self.shots = [self._shots_for(r, list(shot_pool or ()), shots) for r in self.records]
+        cot = mode == "cot"
+        self.prompts = [prompt_for(r, s, cot=cot) for r, s in zip(self.records, self.shots)]
+        self.contexts = [context_for(r, s, cot=cot) for r, s in zip(self.records, self.shots)]
+        self.nll_pairs = [(prompt_for(r), target_for(r)) for r in self.records]
+        self.letters = [" " + letter for letter in LETTERS[: self.max_options]]
+        self.last_outputs: list[dict] = []
+
+    def _shots_for(self, record: Record, pool: list[Record], k: int) -> tuple[Record, ...]:
+        if not k:
+            return ()
+        pool = [s for s in pool if s.id != record.id]  # never show the item itself as its own exemplar
+        return first_shots(pool, k, subject=record.subject, fallback=self.shot_fallback)
+
+    def _letter_predictions(self, model, tokenizer, label) -> list[str | None]:
+        logprobs = letter_logprobs(model, tokenizer, self.prompts, self.letters, batch_size=self.batch_size,
+                                   progress=label("letters"), contexts=self.contexts)
+        return predict_letters(logprobs, [len(r.choices) for r in self.records])
+
+    def _cot_predictions(self, model, tokenizer, label) -> list[str | None]:
+        completions = generate(model, tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
+                               stop=COT_STOP, batch_size=self.batch_size, progress=label("generate"),
+                               contexts=self.contexts)
+        self.last_outputs = [{"id": r.id, "completion": c} for r, c in zip(self.records, completions)]
+        return [extract_cot_letter(c) for c in completions]
+
+    def evaluate(self, model, tokenizer, *, progress: bool = True) -> TaskScore:
+        label = (lambda what: f"{self.task} {what}") if progress else (lambda what: None)
+        with eval_context(model, autocast=self.autocast):
+            if self.mode == "cot":
+                preds = self._cot_predictions(model, tokenizer, label)
+            else:
+                preds = self._letter_predictions(model, tokenizer, label)
+            nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size, progress=label("nll"))
+        correct = [p == r.answer for p, r in zip(preds, self.records)]
+        micro, macro = micro_macro(correct, [r.subject for r in self.records])
+        if self.mode == "letter":
+            self.last_outputs = [{"id": r.id} for r in self.records]
+        for out, p, r in zip(self.last_outputs, preds, self.records):
+            out.update(pred=p, gold=r.answer)
+        extra = {"macro_accuracy": macro}
+        if self.mode == "cot":
+            extra["no_answer_rate"] = sum(p is None for p in preds) / len(preds)
+        return TaskScore(task=self.task, accuracy=micro, nll=nll, n=len(self.records), extra=extra)
+
+
+@register_evaluator
+class MMLUEvaluator(MultipleChoiceEvaluator):
+    """MMLU: 5-shot from the subject's dev split (its first 5 rows, as lm-eval), 4 options A-D."""
+
+    task = "mmlu"
+    benchmark = "mmlu"
+    shot_split = "dev"
+    max_options = 4
+
+
+@register_evaluator
+class MMLUProEvaluator(MultipleChoiceEvaluator):
+    """MMLU-Pro: 5-shot from validation of the same category (filled up from other categories when short),
+    3-10 options A-J; mode "letter" (default) or "cot" (generation, `max_new_tokens`)."""
+
+    task = "mmlu_pro"
+    benchmark = "mmlu_pro"
+    shot_split = "validation"
+    max_options = 10
+    shot_fallback = True
+    modes = MODES

@@ -1,0 +1,196 @@
+"""Every prompt format in one place, so training (`prompt_for` + `target_for`) and evaluation see the same text.
+
+Formats follow lm-evaluation-harness so scores are comparable with published numbers:
+
+- gsm8k:    "Question: {q}\\nAnswer:" + " {chain of thought ... #### N}" (lm-eval `gsm8k`); shots joined by
+            "\\n\\n" and followed by "\\n\\n" before the query.
+- mmlu:     "The following are multiple choice questions (with answers) about {subject}.\\n\\n" + shots +
+            "{q}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:" + " X" (lm-eval `mmlu`, default template).
+- mmlu_pro: letter style = the MMLU format with 3-10 options A-J (lm-eval `leaderboard_mmlu_pro` item format
+            under MMLU's description); CoT style = lm-eval `mmlu_pro` ("Question:\\n..\\nOptions:\\nA. ..\\n
+            Answer: Let's think step by step." and shots ending in "The answer is (X).").
+- humaneval: the raw code prompt; target = canonical solution.
+- mbpp:     lm-eval's MBPP prompt; target = the reference code.
+- codealpaca: the Alpaca instruction/input/response format; target = the output.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Iterable, Sequence
+
+from .data.records import Record
+from .errors import ConfigError, DataError
+
+LETTERS = string.ascii_uppercase[:10]  # A..J: MMLU-Pro's widest option set
+FEWSHOT_DELIMITER = "\n\n"
+
+MC_DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
+MMLU_PRO_COT_DESCRIPTION = (
+    "The following are multiple choice questions (with answers) about {subject}. Think step by step and then "
+    'finish your answer with "the answer is (X)" where X is the correct letter choice.\n\n'
+)
+MMLU_PRO_COT_CUE = "Answer: Let's think step by step."
+MBPP_TEMPLATE = (
+    "You are an expert Python programmer, and here is your task: {text} "
+    "Your code should pass these tests:\n\n{tests}\n"
+)
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+
+BENCHMARKS = ("gsm8k", "mmlu", "mmlu_pro", "humaneval", "mbpp", "codealpaca")
+
+
+def _subject_text(record: Record) -> str:
+    return record.subject.replace("_", " ").strip()
+
+
+def _options(record: Record, max_options: int) -> str:
+    if not 2 <= len(record.choices) <= max_options:
+        raise DataError(
+            f"{record.id}: field 'choices' holds {len(record.choices)} options; "
+            f"{record.benchmark} needs 2..{max_options}"
+        )
+    return "".join(f"\n{LETTERS[i]}. {choice}" for i, choice in enumerate(record.choices))
+
+
+def _letter_target(record: Record) -> str:
+    letter = record.answer.strip()
+    if len(letter) != 1 or letter not in LETTERS[: len(record.choices)]:
+        raise DataError(
+            f"{record.id}: field 'answer' is {record.answer!r}, not a letter among the "
+            f"{len(record.choices)} options {LETTERS[:len(record.choices)]}"
+        )
+    return " " + letter
+
+
+def _mc_query(record: Record) -> str:
+    """MMLU item text: question stripped (as lm-eval's `question.strip()`), options, "Answer:"."""
+    max_options = 4 if record.benchmark == "mmlu" else len(LETTERS)
+    return f"{record.question.strip()}{_options(record, max_options)}\nAnswer:"
+
+
+def _mmlu_pro_cot_query(record: Record) -> str:
+    return f"Question:\n{record.question}\nOptions:{_options(record, len(LETTERS))}\n"
+
+
+def _mmlu_pro_cot_shot(record: Record) -> str:
+    """A CoT exemplar: the upstream `cot_content` with its "A: Let's think..." turned into "Answer: ..."."""
+    cot = str(record.meta.get("cot_content") or "").strip()
+    if not cot:
+        raise DataError(f"{record.id}: field 'cot_content' is empty; MMLU-Pro CoT shots need a worked answer")
+    cot = cot.replace("A: Let's think step by step.", MMLU_PRO_COT_CUE)
+    return _mmlu_pro_cot_query(record) + cot
+
+
+def _mbpp_prompt(record: Record) -> str:
+    tests = record.meta.get("test_list")
+    if not tests or isinstance(tests, str):
+        raise DataError(f"{record.id}: field 'test_list' must be a non-empty list of assert lines")
+    return MBPP_TEMPLATE.format(text=record.question.strip(), tests="\n".join(tests))
+
+
+def _alpaca_prompt(record: Record) -> str:
+    instruction = str(record.meta.get("instruction", record.question)).strip()
+    extra = str(record.meta.get("input", "") or "").strip()
+    if extra:
+        return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Input:\n{extra}\n\n### Response:\n"
+    return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def _check_benchmark(record: Record) -> None:
+    if record.benchmark not in BENCHMARKS:
+        raise DataError(f"{record.id}: field 'benchmark' is {record.benchmark!r}; known: {', '.join(BENCHMARKS)}")
+
+
+def _query(record: Record, cot: bool) -> str:
+    """The item alone (no description, no shots, no target)."""
+    b = record.benchmark
+    if b == "gsm8k":
+        return f"Question: {record.question}\nAnswer:"
+    if b == "mmlu" or (b == "mmlu_pro" and not cot):
+        return _mc_query(record)
+    if b == "mmlu_pro":
+        return _mmlu_pro_cot_query(record) + MMLU_PRO_COT_CUE
+    if b == "humaneval":
+        return record.question
+    if b == "mbpp":
+        return _mbpp_prompt(record)
+    return _alpaca_prompt(record)
+
+
+def target_for(record: Record) -> str:
+    """The reference continuation of `prompt_for(record)`: training target and teacher-forced NLL reference.
+
+    gsm8k: " " + chain of thought ending in "#### N"; mmlu/mmlu_pro: " X" (the gold letter); code: the code.
+    """
+    _check_benchmark(record)
+    if record.benchmark in ("mmlu", "mmlu_pro"):
+        return _letter_target(record)
+    if not record.target:
+        raise DataError(f"{record.id}: field 'target' is empty")
+    if record.benchmark == "gsm8k":
+        return " " + record.target.strip()
+    return record.target
+
+
+def _shot_text(shot: Record, cot: bool) -> str:
+    if shot.benchmark == "mmlu_pro" and cot:
+        return _mmlu_pro_cot_shot(shot)
+    return _query(shot, cot) + target_for(shot)
+
+
+def context_for(record: Record, shots: Sequence[Record] = (), *, cot: bool = False) -> str:
+    """The part of `prompt_for(record, shots)` before the item itself: task description (MMLU/MMLU-Pro) and
+    the solved shots. Items with equal contexts can share its KV cache during evaluation."""
+    _check_benchmark(record)
+    if cot and record.benchmark != "mmlu_pro":
+        raise ConfigError(f"cot prompts exist only for mmlu_pro, not {record.benchmark!r}")
+    if record.benchmark == "humaneval" and shots:
+        raise ConfigError("humaneval prompts take no shots (the raw code prompt is the whole context)")
+    for shot in shots:
+        if shot.benchmark != record.benchmark:
+            raise ConfigError(f"shot {shot.id} is {shot.benchmark!r}, the query {record.id} is {record.benchmark!r}")
+    description = ""
+    if record.benchmark in ("mmlu", "mmlu_pro"):
+        template = MMLU_PRO_COT_DESCRIPTION if cot else MC_DESCRIPTION
+        description = template.format(subject=_subject_text(record))
+    return description + "".join(_shot_text(s, cot) + FEWSHOT_DELIMITER for s in shots)
+
+
+def prompt_for(record: Record, shots: Sequence[Record] = (), *, cot: bool = False) -> str:
+    """The full prompt of `record`: task description (MMLU/MMLU-Pro), `shots` solved exemplars, then the query.
+
+    `cot` only applies to mmlu_pro (the generation-mode prompt); HumanEval takes no shots (the raw prompt is
+    the whole context, as in the original benchmark).
+    """
+    return context_for(record, shots, cot=cot) + _query(record, cot)
+
+
+def random_shots(pool: Sequence[Record], k: int, *, seed: int, exclude: Iterable[str] = ()) -> tuple[Record, ...]:
+    """`k` exemplars drawn without replacement from `pool`, fixed by `seed` (GSM8K: from the train split)."""
+    if k < 0:
+        raise ConfigError(f"shots must be >= 0, got {k}")
+    excluded = set(exclude)
+    candidates = [r for r in pool if r.id not in excluded]
+    if k > len(candidates):
+        raise ConfigError(f"shots={k} but the shot pool holds only {len(candidates)} items")
+    return tuple(random.Random(seed).sample(candidates, k))
+
+
+def first_shots(pool: Sequence[Record], k: int, *, subject: str, fallback: bool = False) -> tuple[Record, ...]:
+    """The first `k` exemplars of `subject` in file order (lm-eval's `first_n` sampler); with `fallback`, fill
+    up from other subjects in file order when the subject has fewer (MMLU-Pro's 70-item validation pool)."""
+    if k < 0:
+        raise ConfigError(f"shots must be >= 0, got {k}")
+    same = [r for r in pool if r.subject == subject][:k]
+    if len(same) < k and fallback:
+        same += [r for r in pool if r.subject != subject][: k - len(same)]
+    if len(same) < k:
+        raise ConfigError(
+            f"shots={k} but the shot pool holds only {len(same)} items for subject {subject!r}"
+            + ("" if fallback else " (no fallback to other subjects for this task)")
+        )
+    return tuple(same)
