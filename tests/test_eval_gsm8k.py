@@ -1,0 +1,119 @@
+"""GSM8K: lm-eval's strict/flexible answer extraction, seeded shots, and the evaluator end to end."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from clsharelora.data.records import Record
+from clsharelora.errors import ConfigError
+from clsharelora.evaluation import gsm8k as g
+from clsharelora.evaluation.base import make_evaluator
+from clsharelora.evaluation.gsm8k import (
+    GSM8KEvaluator, extract_flexible, extract_strict, is_correct, normalize_number,
+)
+from clsharelora.models import load_model, load_tokenizer
+
+
+def item(i: int, answer: str, split: str = "test") -> Record:
+    return Record(id=f"gsm8k/{split}/{i}", benchmark="gsm8k", split=split, question=f"Q{i}: how many?",
+                  target=f"Count them.\n#### {answer}", answer=answer)
+
+
+POOL = [item(i, str(i), "train") for i in range(40)]
+
+
+@pytest.mark.parametrize("text, strict, flexible", [
+    ("She has 3 + 4 = 7 apples.\n#### 7", "7", "7"),
+    ("So 1,000 in total.\n#### 1,000", "1,000", "1,000"),
+    ("The answer is 42.", None, "42."),                       # no "####": only flexible finds it
+    ("#### 5\nActually, 12 apples", "5", "12"),               # strict takes the first ####, flexible the last
+    ("It costs $18.50 in total", None, "$18.50"),
+    ("#### -3", "-3", "-3"),
+    ("no digits at all", None, None),
+    ("####7", None, "7"),                                     # strict needs "#### " with the space
+])
+def test_extraction_matches_lm_eval_filters(text, strict, flexible):
+    assert extract_strict(text) == strict
+    assert extract_flexible(text) == flexible
+
+
+def test_normalisation_and_match():
+    assert normalize_number("$1,234.") == "1234"
+    assert normalize_number("blah #### 72") == "72"
+    assert is_correct("1,000", "1000") and is_correct("42.", "42") and is_correct("$18", "18")
+    assert not is_correct(None, "5") and not is_correct("5.0", "5") and not is_correct("15", "5")
+
+
+def test_strict_and_flexible_accuracies_differ_where_they_should(monkeypatch):
+    records = [item(0, "7"), item(1, "1000"), item(2, "42"), item(3, "12")]
+    outputs = ["... #### 7", "so #### 1,000", "The answer is 42.", "#### 5 then 12"]
+    ev = GSM8KEvaluator(records=records, shot_pool=POOL, shots=3)
+    seen = {}
+
+    def fake_generate(model, tokenizer, prompts, **kw):
+        seen.update(kw, prompts=prompts)
+        return outputs
+
+    monkeypatch.setattr(g, "generate", fake_generate)
+    model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
+    score = ev.evaluate(model, tok, progress=False)
+    assert score.task == "gsm8k" and score.n == 4
+    assert score.accuracy == pytest.approx(2 / 4)  # "#### 7", "#### 1,000"
+    assert score.extra["flexible_accuracy"] == 1.0  # also "42." and the last number 12 of "#### 5 then 12"
+    assert seen["stop"] == ("Question:", "</s>", "<|im_end|>", "\n\n\n")
+    assert all(p.count("Question:") == 4 for p in seen["prompts"])  # 3 shots + the query
+    assert math.isfinite(score.nll) and score.nll > 0
+
+
+def test_shot_selection_is_seeded_and_fixed_for_all_questions():
+    records = [item(i, str(i)) for i in range(3)]
+    a = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=5)
+    b = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=5)
+    c = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=6)
+    assert a.shots == b.shots and a.prompts == b.prompts
+    assert a.shots != c.shots
+    assert len(a.shots) == 8 and len({s.id for s in a.shots}) == 8
+    assert all(p.startswith(a.contexts[0]) for p in a.prompts) and len(set(a.contexts)) == 1
+    assert a.nll_pairs[0] == ("Question: Q0: how many?\nAnswer:", " Count them.\n#### 0")  # zero-shot reference
+
+
+def test_shots_exclude_the_evaluated_items():
+    records = POOL[:38]
+    ev = GSM8KEvaluator(records=records, shot_pool=POOL, shots=2, seed=0)
+    assert {s.id for s in ev.shots} == {POOL[38].id, POOL[39].id}
+    with pytest.raises(ConfigError, match="shot pool"):
+        GSM8KEvaluator(records=records, shot_pool=POOL, shots=3)
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        GSM8KEvaluator(records=[item(0, "1")], shots=0, max_new_tokens=0)
+    with pytest.raises(ConfigError, match="no items"):
+        GSM8KEvaluator(records=[], shots=0)
+
+
+def test_tiny_model_end_to_end_restores_mode():
+    model, tok = load_model("tiny-llama", seed=3), load_tokenizer("tiny-llama")
+    model.train()
+    ev = make_evaluator("gsm8k", records=[item(i, str(i)) for i in range(3)], shot_pool=POOL, shots=2,
+                        max_new_tokens=6, batch_size=2)
+    score = ev.evaluate(model, tok, progress=False)
+    assert model.training
+    assert score.accuracy == 0.0  # a random 2-layer model cannot produce "#### i"
+    assert math.log(len(tok)) * 0.5 < score.nll < math.log(len(tok)) * 2
+    assert len(ev.last_outputs) == 3 and all(isinstance(o["completion"], str) for o in ev.last_outputs)
+
+
+@pytest.mark.slow
+def test_smollm2_gsm8k_scores_on_a_real_subset():
+    model, tok = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
+    ev = make_evaluator("gsm8k", n=20, seed=0)
+    start = time.time()
+    score = ev.evaluate(model, tok, progress=True)
+    print(f"\ngsm8k n=20: {score.as_dict()} in {time.time() - start:.1f}s")
+    print("first completion:", ev.last_outputs[0]["completion"][:300])
+    assert score.n == 20 and 0.0 <= score.accuracy <= 1.0 and 0.0 <= score.extra["flexible_accuracy"] <= 1.0
+    assert math.isfinite(score.nll) and 0.0 < score.nll < math.log(len(tok))

@@ -1,0 +1,167 @@
+"""MMLU / MMLU-Pro evaluators: scoring logic with mock models whose letter preferences are known."""
+
+from __future__ import annotations
+
+import math
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from clsharelora.data.records import Record
+from clsharelora.errors import ConfigError
+from clsharelora.evaluation import multiple_choice as mc
+from clsharelora.evaluation.base import TaskScore, make_evaluator
+from clsharelora.evaluation.multiple_choice import (
+    MMLUEvaluator, MMLUProEvaluator, extract_cot_letter, micro_macro, predict_letters,
+)
+from clsharelora.models import load_model, load_tokenizer
+from clsharelora.prompts import LETTERS
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny-llama")
+
+
+def letter_id(tok, letter: str) -> int:
+    return tok(" " + letter, add_special_tokens=False)["input_ids"][0]
+
+
+class LetterModel(torch.nn.Module):
+    """Mock causal LM: at every position, a large logit on the token `choose(real ids of the row)` and a
+    smaller one on " J" (a decoy beyond the options of short items); everything else uniform."""
+
+    def __init__(self, vocab: int, choose, decoy: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.choose, self.decoy = vocab, choose, decoy
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, cache=None, **kw):
+        rows = []
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        for r in range(input_ids.shape[0]):
+            real = input_ids[r][attention_mask[r, -input_ids.shape[1]:].bool()].tolist()
+            logits = torch.zeros(input_ids.shape[1], self.vocab)
+            logits[:, self.decoy] = 20.0
+            logits[:, self.choose(real)] = 10.0
+            rows.append(logits)
+        logits = torch.stack(rows)
+        keep = logits_to_keep or input_ids.shape[1]
+        return SimpleNamespace(logits=logits[:, -keep:], cache=cache)
+
+
+def mmlu_item(i: int, subject: str, answer: str) -> Record:
+    return Record(id=f"mmlu/test/{subject}/{i}", benchmark="mmlu", split="test", question=f"Question {i}?",
+                  target=answer, answer=answer, choices=("p", "q", "r", "s"), subject=subject)
+
+
+def pro_item(i: int, category: str, answer: str, k: int) -> Record:
+    return Record(id=f"mmlu_pro/test/{i}", benchmark="mmlu_pro", split="test", question=f"Pro {i}?",
+                  target=answer, answer=answer, choices=tuple(f"opt{j}" for j in range(k)), subject=category,
+                  meta={"cot_content": f"A: Let's think step by step. The answer is ({answer})."})
+
+
+def oracle(tok, evaluator, shift: int):
+    """choose(): the letter `shift` places after the gold letter of the item whose prompt ends with the row's
+    real tokens (with a cached context the model sees only the query part)."""
+    table = []
+    for record, prompt in zip(evaluator.records, evaluator.prompts):
+        k = len(record.choices)
+        table.append((tok(prompt)["input_ids"], letter_id(tok, LETTERS[(LETTERS.index(record.answer) + shift) % k])))
+
+    def choose(real: list[int]) -> int:
+        hits = [letter for ids, letter in table if ids[-len(real):] == real]
+        return hits[0] if len(hits) == 1 else 0
+
+    return choose
+
+
+ITEMS = [mmlu_item(i, s, "ABCD"[i % 4]) for i, s in enumerate(["anatomy"] * 5 + ["virology"] * 3)]
+DEV = [mmlu_item(100 + i, s, "B") for i, s in enumerate(["anatomy"] * 6 + ["virology"] * 6)]
+
+
+@pytest.mark.parametrize("shift, expected", [(0, 1.0), (1, 0.0), (3, 0.0)])
+def test_mmlu_accuracy_follows_the_mass_on_the_gold_letter(tok, shift, expected):
+    ev = MMLUEvaluator(records=ITEMS, shot_pool=DEV, shots=2, batch_size=3)
+    model = LetterModel(len(tok), None, decoy=letter_id(tok, "J"))
+    model.choose = oracle(tok, ev, shift)
+    model.train()
+    score = ev.evaluate(model, tok, progress=False)
+    assert isinstance(score, TaskScore) and score.task == "mmlu" and score.n == len(ITEMS)
+    assert score.accuracy == expected and score.extra["macro_accuracy"] == expected
+    assert math.isfinite(score.nll) and score.nll > 0
+    assert model.training  # the previous mode is restored
+
+
+def test_mmlu_pro_three_options_never_predict_beyond_c(tok):
+    items = [pro_item(i, "law", "ABC"[i % 3], 3) for i in range(6)] + [pro_item(9, "law", "H", 10)]
+    ev = MMLUProEvaluator(records=items, shots=0)
+    model = LetterModel(len(tok), oracle(tok, ev, 0), decoy=letter_id(tok, "J"))  # " J" dominates everywhere
+    score = ev.evaluate(model, tok, progress=False)
+    preds = [o["pred"] for o in ev.last_outputs]
+    assert all(p in "ABC" for p in preds[:6])
+    assert preds[:6] == [r.answer for r in items[:6]]  # the best letter among the present options
+    assert preds[6] == "J"  # a 10-option item may take J
+    assert score.accuracy == pytest.approx(6 / 7)
+
+
+def test_predict_letters_restricts_to_present_options():
+    logprobs = torch.tensor([[-3.0, -2.0, -5.0, -0.1], [-1.0, -2.0, -0.5, -9.0]])
+    assert predict_letters(logprobs, [3, 4]) == ["B", "C"]
+    with pytest.raises(ConfigError):
+        predict_letters(logprobs, [5, 4])
+
+
+def test_micro_and_macro_differ_on_unbalanced_subjects():
+    micro, macro = micro_macro([True, True, False, False, False, False], ["a", "a", "b", "b", "b", "b"])
+    assert micro == pytest.approx(1 / 3) and macro == pytest.approx(0.5)
+
+
+def test_cot_letter_extraction():
+    assert extract_cot_letter("... so the answer is (C). Then the answer is (D).") == "C"
+    assert extract_cot_letter("Hence the answer is D") == "D"
+    assert extract_cot_letter("I think it is (B)") is None
+    assert extract_cot_letter("the answer is (K)") is None
+
+
+def test_mmlu_pro_cot_mode_scores_generated_letters(tok, monkeypatch):
+    items = [pro_item(i, "math", "ABCD"[i], 4) for i in range(4)]
+    pool = [pro_item(50 + i, "physics", "A", 4) for i in range(5)]
+    ev = MMLUProEvaluator(records=items, shot_pool=pool, shots=2, mode="cot", max_new_tokens=5)
+    assert ev.prompts[0].count("Let's think step by step.") == 3  # 2 shots (fallback category) + query
+    outputs = ["so the answer is (A).", "the answer is (C)", "no idea", "The answer is (D)"]
+    monkeypatch.setattr(mc, "generate", lambda *a, **k: outputs)
+    score = ev.evaluate(load_model("tiny-llama"), tok, progress=False)
+    assert score.accuracy == pytest.approx(2 / 4)
+    assert score.extra["no_answer_rate"] == pytest.approx(1 / 4)
+
+
+def test_shots_come_from_the_same_subject_and_never_the_item_itself():
+    pool = [mmlu_item(i, "anatomy", "A") for i in range(3)] + [mmlu_item(10, "virology", "C")]
+    ev = MMLUEvaluator(records=[pool[0]], shot_pool=pool, shots=2)
+    assert [s.id for s in ev.shots[0]] == [pool[1].id, pool[2].id]
+    with pytest.raises(ConfigError, match="anatomy"):
+        MMLUEvaluator(records=[pool[0]], shot_pool=pool, shots=3)  # MMLU has no fallback
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="mode"):
+        MMLUEvaluator(records=ITEMS, shots=0, mode="cot")
+    with pytest.raises(ConfigError, match="batch_size"):
+        make_evaluator("mmlu_pro", records=ITEMS[:1], shots=0, batch_size=0)
+
+
+@pytest.mark.slow
+def test_smollm2_multiple_choice_scores_on_real_subsets():
+    model, tok = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
+    vocab_log = math.log(len(tok))
+    for task, n in (("mmlu", 100), ("mmlu_pro", 50)):
+        ev = make_evaluator(task, n=n, seed=0)
+        start = time.time()
+        score = ev.evaluate(model, tok, progress=True)
+        print(f"\n{task} n={n}: {score.as_dict()} in {time.time() - start:.1f}s")
+        assert score.n == n and 0.0 <= score.accuracy <= 1.0 and 0.0 <= score.extra["macro_accuracy"] <= 1.0
+        assert math.isfinite(score.nll) and 0.0 < score.nll < vocab_log
