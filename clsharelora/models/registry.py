@@ -94,6 +94,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(embedded_dir(), dtype=dtype, **hf_kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, **hf_kwargs)
+    if getattr(model, "is_quantized", False):  # placed by device_map; quantized weights cannot be moved
+        return model
     return model.to(device)
 
 

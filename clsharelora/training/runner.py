@@ -135,13 +135,21 @@ def _load_model(prep: Prepared, device: torch.device):
             raise ConfigError("load_in_4bit needs the bitsandbytes package and a CUDA GPU") from None
         from transformers import BitsAndBytesConfig
 
+        if device.type != "cuda":
+            raise ConfigError("load_in_4bit needs a CUDA GPU")
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+                                                           bnb_4bit_compute_dtype=torch.bfloat16,
+                                                           bnb_4bit_use_double_quant=True)
+        kwargs["device_map"] = {"": device}
     seed_everything(cfg.seed)
-    model = models.load_model(cfg.model, dtype=dtype, device=device if not cfg.load_in_4bit else "cpu",
-                              seed=cfg.seed, **kwargs)
+    model = models.load_model(cfg.model, dtype=dtype, device=device, seed=cfg.seed, **kwargs)
+    if cfg.load_in_4bit:  # QLoRA recipe: fp32 norms, input grads for checkpointing
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     seed_everything(cfg.seed)  # the adapter's init draws from a known RNG state
-    return prep.adapter.apply(model).to(device)
+    model = prep.adapter.apply(model)
+    return model if cfg.load_in_4bit else model.to(device)
 
 
 class CostPlugin(SupervisedPlugin, supports_distributed=True):
