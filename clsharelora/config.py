@@ -58,6 +58,7 @@ class RunConfig:
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     dtype: str = "float32"         # base model weights: float32 | bfloat16 | float16
     load_in_4bit: bool = False     # QLoRA-style 4-bit base (needs bitsandbytes + CUDA)
+    loggers: str = "text"          # comma list of Avalanche loggers: text, tensorboard, wandb
     name: str | None = None
     out: str | None = None
 
@@ -66,6 +67,7 @@ class RunConfig:
 
 
 _SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
+LOGGERS = ("text", "tensorboard", "wandb")
 
 
 def _check_type(where: str, value: Any, annotation: str) -> Any:
@@ -182,6 +184,8 @@ def validate(config: RunConfig) -> None:
         (config.eval.n is None or config.eval.n >= 1, "eval.n must be >= 1 (or null)"),
         (config.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
     ]
+    unknown_loggers = sorted(set(filter(None, config.loggers.split(","))) - set(LOGGERS))
+    checks.append((not unknown_loggers, f"loggers: unknown {unknown_loggers}; known: {', '.join(LOGGERS)}"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

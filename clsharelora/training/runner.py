@@ -193,6 +193,23 @@ class ExperienceDone(SupervisedPlugin, supports_distributed=True):
             self.store.write(self.run_dir)
 
 
+def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
+    """Avalanche loggers named in `loggers`; they receive ContinualMetrics' values after every experience."""
+    out = []
+    for name in filter(None, cfg.loggers.split(",")):
+        if name == "text":
+            out.append(TextLogger(open(run_dir / "log.txt", "a")))
+        elif name == "tensorboard":
+            from avalanche.logging import TensorboardLogger
+
+            out.append(TensorboardLogger(tb_log_dir=run_dir / "tensorboard"))
+        elif name == "wandb":
+            from avalanche.logging import WandBLogger
+
+            out.append(WandBLogger(project_name="clsharelora", run_name=cfg.name, path=run_dir / "wandb"))
+    return out
+
+
 def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) the stream; returns the run directory."""
     prep = prepare(config, resume=resume)
@@ -232,7 +249,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     checkpointer = Checkpointer(run_dir)
     checkpoint = CheckpointPlugin(checkpointer, store, every=cfg.train.checkpoint_every, plugins=cl_plugins, dist=dist)
     scoring = ScoringPlugin(evaluators, tokenizer, store, run_dir, adapter=prep.adapter, dist=dist, progress=progress)
-    loggers = [TextLogger(open(run_dir / "log.txt", "a"))] if dist.is_main else []
+    loggers = make_loggers(cfg, run_dir) if dist.is_main else []
     evaluator = EvaluationPlugin(ContinualMetrics(store), loggers=loggers)
     budgets = {i: {"epochs": e.train.epochs, "max_steps": e.train.max_steps}
                for i, e in enumerate(prep.stream.experiences)}
