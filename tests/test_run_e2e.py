@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from clsharelora import metrics, models, registry
 from clsharelora.cli import main
 
-COMMON = ["--model", "tiny-llama", "--no-progress", "--set", "train.batch_size=2"]
+COMMON = ["--model", "tiny-llama", "--no-progress", "--set", "train.batch_size=2",
+          "--set", "loggers=text,tensorboard"]
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,15 @@ def test_saved_adapter_reloads_to_the_checkpointed_weights(runs):
     assert set(params) == set(saved)
     for name, tensor in saved.items():
         assert torch.equal(params[name].detach(), tensor), name
+
+
+def test_avalanche_loggers_receive_the_metrics(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(runs / "lora" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"Accuracy/Task/gsm8k", "Nll/Task/mmlu", "CL/BWT/nll", "CL/FORGETTING/accuracy"} <= tags
+    results = json.loads((runs / "lora" / "results.json").read_text())
+    logged = [e.value for e in events.Scalars("Nll/Task/mmlu")]
+    np.testing.assert_allclose(logged, [row[1]["nll"] for row in results["scores"]], rtol=1e-6)
