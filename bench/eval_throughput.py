@@ -1,0 +1,233 @@
+"""Part 3: evaluation throughput, ours vs lm-evaluation-harness's HF backend, on the same model, items, shots.
+
+Same work on both sides: MMLU letter scoring (log-likelihood of " A".." D" after the few-shot prompt, argmax)
+and GSM8K greedy generation with lm-eval's stop strings and answer filters. The prompts are rendered once by
+our evaluators and handed to lm-eval as a local JSON-lines task (bench/lm_eval_tasks/*.yaml, filled in a
+temp dir), so both sides see identical text; what is compared is the scoring/generation machinery. Our NLL
+pass (part of `Evaluator.evaluate`, absent from lm-eval) is not timed. Timed: tokenisation + model calls +
+answer extraction on our side; `lm_eval.evaluator.evaluate` (request building, model calls, filters,
+metrics) on theirs. Runs alternate (ours, lm-eval, ours, ...) after one warm-up call of each on one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import pick_device
+from .timing import summarize, synchronize
+
+TARGET = 1.5            # our items/s >= 1.5 x lm-eval's (issue #8)
+TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+LM_EVAL_PIN = "lm-eval==0.4.13"
+
+
+def _offline_env() -> None:
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[key] = "1"
+
+
+def lm_eval_version() -> str | None:
+    try:
+        import importlib.metadata as md
+
+        return md.version("lm_eval")
+    except Exception:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ ours
+def ours_mmlu(model, tokenizer, ev, prompts=None) -> list[str]:
+    """Letter predictions exactly as MMLUEvaluator scores them (without its NLL pass)."""
+    from clsharelora.evaluation.generation import eval_context
+    from clsharelora.evaluation.multiple_choice import predict_letters
+    from clsharelora.evaluation.nll import letter_logprobs
+
+    prompts = ev.prompts if prompts is None else prompts
+    with eval_context(model, autocast=ev.autocast):
+        logprobs = letter_logprobs(model, tokenizer, prompts, ev.letters, batch_size=ev.batch_size)
+    return predict_letters(logprobs, [len(r.choices) for r in ev.records[: len(prompts)]])
+
+
+def ours_gsm8k(model, tokenizer, ev, prompts=None) -> list[str]:
+    """Greedy completions exactly as GSM8KEvaluator generates them (without its NLL pass)."""
+    from clsharelora.evaluation.generation import eval_context, generate
+
+    prompts = ev.prompts if prompts is None else prompts
+    with eval_context(model, autocast=ev.autocast):
+        return generate(model, tokenizer, prompts, max_new_tokens=ev.max_new_tokens, stop=ev.stop,
+                        batch_size=ev.batch_size)
+
+
+# --------------------------------------------------------------------------------------- lm-eval
+def write_tasks(directory: Path, mmlu_ev, gsm8k_ev, tag: str) -> dict[str, str]:
+    """JSON-lines data + filled-in YAMLs in `directory`; returns kind -> lm-eval task name."""
+    names = {"mmlu": f"clsharelora_bench_mmlu_{tag}", "gsm8k": f"clsharelora_bench_gsm8k_{tag}"}
+    rows = {
+        "mmlu": [{"context": p, "gold": "ABCD".index(r.answer)} for r, p in zip(mmlu_ev.records, mmlu_ev.prompts)],
+        "gsm8k": [{"context": p, "answer": r.answer} for r, p in zip(gsm8k_ev.records, gsm8k_ev.prompts)],
+    }
+    templates = {"mmlu": "mmlu_letters.yaml", "gsm8k": "gsm8k_cot.yaml"}
+    for kind, items in rows.items():
+        data = directory / f"{kind}.jsonl"
+        data.write_text("".join(json.dumps(x) + "\n" for x in items))
+        text = (TASK_DIR / templates[kind]).read_text()
+        text = text.replace("__TASK__", names[kind]).replace("__DATA_FILE__", json.dumps(str(data)))
+        text = text.replace("__MAX_GEN_TOKS__", str(gsm8k_ev.max_new_tokens))
+        (directory / f"{names[kind]}.yaml").write_text(text)
+    return names
+
+
+class LmEvalRunner:
+    """lm-eval's HFLM over a checkpoint directory and our local tasks; one `run` = one evaluate() call."""
+
+    def __init__(self, model_dir: str, task_dir: Path, device: torch.device, batch_size: int):
+        _offline_env()
+        from lm_eval.models.huggingface import HFLM
+
+        self.lm = HFLM(pretrained=model_dir, device=str(device), dtype="float32", batch_size=batch_size)
+        self.task_dir = task_dir
+
+    def run(self, task: str, limit: int | None = None) -> tuple[float, list[dict]]:
+        """(seconds of lm_eval.evaluator.evaluate, per-document sample records)."""
+        import logging
+
+        from lm_eval.evaluator import evaluate
+        from lm_eval.tasks import TaskManager
+
+        logging.getLogger("lm-eval").setLevel(logging.ERROR)
+        loaded = TaskManager(include_path=str(self.task_dir), include_defaults=False).load([task])
+        device = self.lm.device
+        synchronize(device)
+        start = time.perf_counter()
+        out = evaluate(lm=self.lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=True,
+                       verbosity="ERROR")
+        synchronize(device)
+        return time.perf_counter() - start, out["samples"][task]
+
+
+def lm_eval_mmlu_letters(samples: list[dict], n: int) -> list[str]:
+    """lm-eval's prediction per document: argmax of the choice log-likelihoods (its `acc`)."""
+    preds: list[str | None] = [None] * n
+    for s in samples:
+        lls = [resp[0] for resp in s["filtered_resps"]]
+        preds[s["doc_id"]] = "ABCD"[max(range(len(lls)), key=lambda i: (lls[i], -i))]
+    return preds  # type: ignore[return-value]
+
+
+def lm_eval_gsm8k(samples: list[dict], n: int) -> tuple[list[str], list[float]]:
+    """(raw completion, strict-match exact_match) per document."""
+    texts: list[str | None] = [None] * n
+    strict: list[float] = [0.0] * n
+    for s in samples:
+        if s.get("filter", "strict-match") != "strict-match":
+            continue
+        texts[s["doc_id"]] = s["resps"][0][0]
+        strict[s["doc_id"]] = float(s["exact_match"])
+    return texts, strict  # type: ignore[return-value]
+
+
+def _model_dir(model_name: str, model, tokenizer, scratch: Path) -> str:
+    """The checkpoint lm-eval loads: the converted SmolLM2 directory, else a save of the in-memory model."""
+    from clsharelora.models import resolve
+
+    if resolve(model_name).source == "embedded":
+        from clsharelora.models.smollm2 import embedded_dir
+
+        return str(embedded_dir())
+    path = scratch / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------- run
+def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_shots: int, max_new_tokens: int,
+        batch_size: int, reps: int, device: str | None, log=print) -> dict[str, Any]:
+    from clsharelora.evaluation.base import make_evaluator
+    from clsharelora.evaluation.gsm8k import extract_strict, is_correct
+    from clsharelora.models import load_model, load_tokenizer
+
+    dev = pick_device(device)
+    log(f"[eval] {model_name} on {dev}: MMLU {mmlu_n} items {mmlu_shots}-shot, GSM8K {gsm8k_n} items "
+        f"{gsm8k_shots}-shot (<= {max_new_tokens} new tokens), batch {batch_size}, {reps} reps")
+    mmlu = make_evaluator("mmlu", n=mmlu_n, shots=mmlu_shots, batch_size=batch_size)
+    gsm8k = make_evaluator("gsm8k", n=gsm8k_n, shots=gsm8k_shots, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens)
+    model = load_model(model_name, device=dev)
+    tokenizer = load_tokenizer(model_name)
+    prompt_tokens = {"mmlu": sum(len(tokenizer(p)["input_ids"]) for p in mmlu.prompts) / len(mmlu.prompts),
+                     "gsm8k": sum(len(tokenizer(p)["input_ids"]) for p in gsm8k.prompts) / len(gsm8k.prompts)}
+    result: dict[str, Any] = {"model": model_name, "device": str(dev), "batch_size": batch_size, "reps": reps,
+                              "target_speedup": TARGET, "mean_prompt_tokens": prompt_tokens,
+                              "mmlu": {"n": len(mmlu.records), "shots": mmlu_shots},
+                              "gsm8k": {"n": len(gsm8k.records), "shots": gsm8k_shots,
+                                        "max_new_tokens": max_new_tokens},
+                              "timed_work": "ours: tokenise + forward/generate + answer extraction (NLL pass "
+                                            "excluded); lm-eval: lm_eval.evaluator.evaluate on a local task"}
+    version = lm_eval_version()
+    lm_runner = None
+    scratch = tempfile.TemporaryDirectory(prefix="clsharelora-bench-lmeval-")
+    if version is None:
+        result["lm_eval"] = {"status": "not measured",
+                             "reason": f"lm-eval is not installed (pip install {LM_EVAL_PIN})"}
+    else:
+        try:
+            names = write_tasks(Path(scratch.name), mmlu, gsm8k, tag=str(os.getpid()))
+            lm_runner = LmEvalRunner(_model_dir(model_name, model, tokenizer, Path(scratch.name)),
+                                     Path(scratch.name), dev, batch_size)
+            result["lm_eval"] = {"status": "measured", "version": version, "backend": "hf (HFLM)",
+                                 "tasks": names}
+        except Exception as exc:  # recorded, not hidden: the comparison is then "not measured"
+            result["lm_eval"] = {"status": "not measured", "reason": f"{type(exc).__name__}: {exc}"}
+    try:
+        for kind, ev, ours_fn in (("mmlu", mmlu, ours_mmlu), ("gsm8k", gsm8k, ours_gsm8k)):
+            t0 = time.perf_counter()
+            ours_fn(model, tokenizer, ev, ev.prompts[:batch_size])            # warm-up: one batch
+            if lm_runner:
+                lm_runner.run(result["lm_eval"]["tasks"][kind], limit=batch_size)
+            ours_t, theirs_t, ours_out, theirs_out = [], [], None, None
+            for _ in range(reps):
+                synchronize(dev)
+                start = time.perf_counter()
+                ours_out = ours_fn(model, tokenizer, ev)
+                if kind == "gsm8k":
+                    ours_strict = [is_correct(extract_strict(c), r.answer) for c, r in zip(ours_out, ev.records)]
+                synchronize(dev)
+                ours_t.append(time.perf_counter() - start)
+                if lm_runner:
+                    seconds, theirs_out = lm_runner.run(result["lm_eval"]["tasks"][kind])
+                    theirs_t.append(seconds)
+            n = len(ev.records)
+            block = result[kind]
+            block["ours_seconds"] = summarize(ours_t)
+            block["ours_items_per_s"] = n / block["ours_seconds"]["median"]
+            if kind == "mmlu":
+                block["ours_accuracy"] = sum(p == r.answer for p, r in zip(ours_out, ev.records)) / n
+            else:
+                block["ours_strict_accuracy"] = sum(ours_strict) / n
+            if lm_runner:
+                block["lm_eval_seconds"] = summarize(theirs_t)
+                block["lm_eval_items_per_s"] = n / block["lm_eval_seconds"]["median"]
+                block["speedup"] = block["ours_items_per_s"] / block["lm_eval_items_per_s"]
+                block["speedup_paired"] = summarize([b / a for a, b in zip(ours_t, theirs_t)])
+                block["target_met"] = block["speedup"] >= TARGET
+                if kind == "mmlu":
+                    theirs = lm_eval_mmlu_letters(theirs_out, n)
+                    block["lm_eval_accuracy"] = sum(p == r.answer for p, r in zip(theirs, ev.records)) / n
+                    block["same_predictions"] = sum(a == b for a, b in zip(ours_out, theirs))
+                    block["identical_accuracy"] = block["lm_eval_accuracy"] == block["ours_accuracy"]
+                else:
+                    texts, strict = lm_eval_gsm8k(theirs_out, n)
+                    block["lm_eval_strict_accuracy"] = sum(strict) / n
+                    block["same_completions"] = sum(a == b for a, b in zip(ours_out, texts))
+            log(f"[eval] {kind} done in {time.perf_counter() - t0:.0f} s")
+    finally:
+        scratch.cleanup()
+    return result

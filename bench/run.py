@@ -1,0 +1,315 @@
+"""`make bench` / `clsharelora bench`: every measurement of issue #8 in one run, tables printed, JSON written.
+
+Parts (--only): adapters (LoRA vs ShareA/B/AB cost), overhead (our Avalanche strategy vs a bare loop), eval
+(items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables).
+`--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clsharelora.errors import UserError
+
+from .timing import PROJECT_ROOT, fmt_stats
+
+PARTS = ("adapters", "overhead", "eval", "scaling", "meta")
+MiB = 2 ** 20
+GiB = 2 ** 30
+
+# name -> settings; --quick swaps in the second column
+FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
+            overhead_batch=4, overhead_seq=128, overhead_steps_per_block=4,
+            mmlu_n=16, mmlu_shots=1, gsm8k_n=8, gsm8k_shots=1, max_new_tokens=32, eval_batch=8, eval_reps=2,
+            scaling_batch=1, scaling_seqs=(128, 256, 512), scaling_ranks=(8, 16, 64), scaling_warmup=1,
+            scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True)
+QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
+             overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, max_new_tokens=4,
+             eval_batch=2, eval_reps=1, scaling_seqs=(16,), scaling_ranks=(4,), scaling_warmup=0,
+             scaling_reps=1, meta_models=("llama2-7b",), meta_ranks=(8,), isolate=False)
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"{option}: expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clsharelora bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="CI smoke: tiny-llama, tiny shapes, 1 repetition")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma list of parts: {','.join(PARTS)}")
+    p.add_argument("--reps", type=int, help="timed repetitions (step times; default 5, quick 1)")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results"), help="JSON output directory")
+    p.add_argument("--model", help="model for the measured parts (default smollm2-135m, quick tiny-llama)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")
+    p.add_argument("--eval-reps", type=int, help="repetitions of each evaluation (default 3)")
+    p.add_argument("--scaling-batch", type=int, help="batch of the scaling sweep (default 1)")
+    p.add_argument("--scaling-seqs", help="sequence lengths of the sweep (default 128,256,512)")
+    p.add_argument("--scaling-ranks", help="ranks of the sweep (default 8,16,64)")
+    p.add_argument("--mmlu-n", type=int, help="MMLU items (default 32)")
+    p.add_argument("--gsm8k-n", type=int, help="GSM8K items (default 8)")
+    p.add_argument("--no-profile", action="store_true", help="do not profile when a step-time target is missed")
+    return p
+
+
+def settings(args) -> dict[str, Any]:
+    s = dict(QUICK if args.quick else FULL)
+    for key, value in (("reps", args.reps), ("model", args.model), ("eval_reps", args.eval_reps),
+                       ("scaling_batch", args.scaling_batch), ("mmlu_n", args.mmlu_n), ("gsm8k_n", args.gsm8k_n)):
+        if value is not None:
+            if key != "model" and value < 1:
+                raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+            s[key] = value
+    if args.scaling_seqs:
+        s["scaling_seqs"] = _ints(args.scaling_seqs, "--scaling-seqs")
+    if args.scaling_ranks:
+        s["scaling_ranks"] = _ints(args.scaling_ranks, "--scaling-ranks")
+    return s
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers ran on: CPU model, cores, threads, accelerator, library versions, load."""
+    import importlib.metadata as md
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    for dist in ("transformers", "peft", "avalanche-lib", "lm_eval"):
+        try:
+            info[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            info[dist] = None
+    return info
+
+
+# ------------------------------------------------------------------------------------- tables
+def table_adapters(res: dict) -> list[str]:
+    lines = [f"ShareLoRA vs LoRA: {res['model']} on {res['device']}, batch {res['batch']} x {res['seq']} tokens, "
+             f"r={res['r']}, bf16 autocast; step = median [IQR] of {res['reps']} interleaved rounds",
+             f"{'variant':9s} {'trainable':>11s} {'xLoRA':>6s} {'Adam state':>11s} {'xLoRA':>6s} "
+             f"{'B/param':>7s} {'peak mem':>9s} {'xLoRA':>6s} {'step time':>24s} {'xLoRA paired [IQR]':>21s}  target"]
+    for v, x in res["variants"].items():
+        pr = x["step_ratio_paired"]
+        spread = (pr["q1"], pr["q3"]) if pr["n"] >= 4 else (pr["min"], pr["max"])
+        target = "" if v == "lora" else (
+            f"{'met' if x['step_target_met'] else 'MISSED'} (<= {res['targets']['step_ratio_max']}x)")
+        lines.append(
+            f"{v:9s} {x['trainable_params']:11,d} {x['params_ratio']:6.3f} {x['optimizer_state_bytes'] / MiB:8.2f} MiB"
+            f" {x['state_ratio']:6.3f} {x['state_bytes_per_param']:7.2f} {x['peak_memory_bytes'] / MiB:5.0f} MiB"
+            f" {x['peak_memory_ratio']:6.3f} {fmt_stats(x['step_time']):>24s} "
+            f"{pr['median']:6.3f} [{spread[0]:.3f}-{spread[1]:.3f}]  {target}")
+    lines.append(f"peak memory: {res['peak_memory_note']}")
+    return lines
+
+
+def table_overhead(res: dict) -> list[str]:
+    return [f"Framework overhead: {res['model']} {res['adapter']} on {res['device']}, batch {res['batch']} x "
+            f"{res['seq']}, bf16 autocast, {res['blocks']} alternating blocks of {res['steps_per_block']} steps",
+            f"  CausalLMTemplate step: {fmt_stats(res['strategy_step'])}",
+            f"  bare transformers+peft: {fmt_stats(res['bare_step'])}",
+            f"  ratio {res['ratio']:.3f}x (target <= {res['target']}x: {'met' if res['target_met'] else 'MISSED'});"
+            f" amortised incl. per-experience setup {res['amortised_ratio']:.3f}x"]
+
+
+def table_eval(res: dict) -> list[str]:
+    lines = [f"Evaluation throughput: {res['model']} on {res['device']}, batch {res['batch_size']}, "
+             f"median [IQR/range] of {res['reps']} runs; lm-eval: {res['lm_eval'].get('status')}"
+             + (f" ({res['lm_eval']['version']}, HF backend)" if res["lm_eval"].get("version") else
+                f" ({res['lm_eval'].get('reason')})")]
+    for kind in ("mmlu", "gsm8k"):
+        b = res[kind]
+        head = f"  {kind:5s} {b['n']} items {b['shots']}-shot: ours {b['ours_items_per_s']:.3f} items/s " \
+               f"({fmt_stats(b['ours_seconds'])})"
+        if "lm_eval_items_per_s" in b:
+            head += (f", lm-eval {b['lm_eval_items_per_s']:.3f} items/s ({fmt_stats(b['lm_eval_seconds'])}); "
+                     f"speedup {b['speedup']:.2f}x (target >= {res['target_speedup']}x: "
+                     f"{'met' if b['target_met'] else 'MISSED'})")
+        lines.append(head)
+        if kind == "mmlu":
+            acc = f"    accuracy ours {b['ours_accuracy']:.4f}"
+            if "lm_eval_accuracy" in b:
+                acc += (f", lm-eval {b['lm_eval_accuracy']:.4f} ({'identical' if b['identical_accuracy'] else 'DIFFER'}"
+                        f"; same prediction on {b['same_predictions']}/{b['n']} items)")
+        else:
+            acc = f"    strict accuracy ours {b['ours_strict_accuracy']:.4f}"
+            if "lm_eval_strict_accuracy" in b:
+                acc += f", lm-eval {b['lm_eval_strict_accuracy']:.4f}; identical completions {b['same_completions']}/{b['n']}"
+        lines.append(acc)
+    return lines
+
+
+def table_scaling(res: dict) -> list[str]:
+    lines = [f"Scaling: {res['model']} on {res['device']}, batch {res['batch']}, bf16 autocast, "
+             f"median [range] of {res['reps']} steps after {res['warmup']} warm-up, fresh process per row",
+             f"{'variant':9s} {'seq':>5s} {'r':>4s} {'trainable':>11s} {'step time':>24s} {'tokens/s':>9s} "
+             f"{'peak mem':>9s} {'Adam state':>11s}"]
+    for x in res["rows"]:
+        lines.append(f"{x['variant']:9s} {x['seq']:5d} {x['r']:4d} {x['trainable_params']:11,d} "
+                     f"{fmt_stats(x['step_time']):>24s} {x['tokens_per_s']:9.1f} {x['peak_memory_bytes'] / MiB:5.0f} MiB"
+                     f" {x['optimizer_state_bytes'] / MiB:7.2f} MiB")
+    lines.append(f"peak memory: {res['peak_memory_note']}")
+    return lines
+
+
+def table_meta(res: dict) -> list[str]:
+    rows = res["rows"]
+    batch, seq = rows[0]["batch"], rows[0]["seq"]
+    lines = ["Large models (meta device, counts measured on the module tree; memory per process, "
+             f"activations at batch {batch} x {seq})",
+             f"{'model':11s} {'variant':9s} {'r':>3s} {'trainable':>12s} {'%base':>6s} {'xLoRA':>6s} "
+             f"{'Adam state':>11s} {'adapter+grad+Adam':>17s} {'total':>10s} {'xLoRA':>6s} closed form"]
+    for x in rows:
+        lines.append(f"{x['model']:11s} {x['variant']:9s} {x['r']:3d} {x['trainable_params']:12,d} "
+                     f"{x['trainable_percent']:6.3f} {x['params_ratio']:6.3f} "
+                     f"{x['optimizer_state_bytes'] / MiB:7.1f} MiB {x['adapter_train_state_bytes'] / MiB:13.1f} MiB "
+                     f"{x['total_bytes'] / GiB:6.2f} GiB {x['total_ratio']:6.3f} {'OK' if x['closed_form_ok'] else 'MISMATCH'}")
+    return lines
+
+
+TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
+          "meta": table_meta}
+
+
+def ratio_table(results: dict[str, dict]) -> list[str]:
+    """One line per issue-#8 target: measured value, target, met or missed."""
+    lines = ["== Targets (issue #8) ==", f"{'measure':44s} {'value':>9s} {'target':>9s}  status"]
+
+    def add(name, value, target, met):
+        lines.append(f"{name:44s} {value:9.3f} {target:>9s}  {'met' if met else 'MISSED'}")
+
+    if "adapters" in results:
+        a = results["adapters"]["variants"]
+        lora_bpp = a["lora"]["state_bytes_per_param"]
+        for v in ("share_a", "share_b", "share_ab"):
+            add(f"{v} step time / LoRA (paired median)", a[v]["step_ratio_paired"]["median"], "<= 1.02",
+                a[v]["step_target_met"])
+        for v in ("share_a", "share_b", "share_ab"):
+            add(f"{v} Adam bytes per param / LoRA's", a[v]["state_bytes_per_param"] / lora_bpp, "= 1.00",
+                a[v]["state_proportional"])
+    if "overhead" in results:
+        o = results["overhead"]
+        add("strategy step / bare loop step", o["ratio"], "<= 1.05", o["target_met"])
+    if "eval" in results:
+        e = results["eval"]
+        for kind in ("mmlu", "gsm8k"):
+            if "speedup" in e[kind]:
+                add(f"{kind} items/s ours / lm-eval", e[kind]["speedup"], ">= 1.5", e[kind]["target_met"])
+            else:
+                lines.append(f"{kind + ' items/s ours / lm-eval':44s} {'n/a':>9s} {'>= 1.5':>9s}  not measured")
+        if "identical_accuracy" in e["mmlu"]:
+            add("MMLU accuracy ours - lm-eval", e["mmlu"]["ours_accuracy"] - e["mmlu"]["lm_eval_accuracy"], "= 0",
+                e["mmlu"]["identical_accuracy"])
+    if "meta" in results:
+        ok = all(x["closed_form_ok"] for x in results["meta"]["rows"])
+        lines.append(f"{'meta-device counts = closed form':44s} {'all' if ok else 'NOT all':>9s} {'all':>9s}  "
+                     f"{'met' if ok else 'MISSED'}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------- main
+def run_part(part: str, s: dict, args, log) -> dict:
+    if part == "adapters":
+        from . import adapters
+
+        return adapters.run(model_name=s["model"], r=s["r"], batch=s["batch"], seq=s["seq"], warmup=s["warmup"],
+                            reps=s["reps"], device=args.device, profile_on_miss=not args.no_profile,
+                            isolate=s["isolate"], log=log)
+    if part == "overhead":
+        from . import overhead
+
+        return overhead.run(model_name=s["model"], r=s["r"], batch=s["overhead_batch"], seq=s["overhead_seq"],
+                            reps=max(s["reps"], s["overhead_steps_per_block"] - 1),
+                            steps_per_block=s["overhead_steps_per_block"], device=args.device, log=log)
+    if part == "eval":
+        from . import eval_throughput
+
+        return eval_throughput.run(model_name=s["model"], mmlu_n=s["mmlu_n"], mmlu_shots=s["mmlu_shots"],
+                                   gsm8k_n=s["gsm8k_n"], gsm8k_shots=s["gsm8k_shots"],
+                                   max_new_tokens=s["max_new_tokens"], batch_size=s["eval_batch"],
+                                   reps=s["eval_reps"], device=args.device, log=log)
+    if part == "scaling":
+        from . import scaling
+
+        return scaling.run(model_name=s["model"], variants=("lora", "share_a"), seqs=s["scaling_seqs"],
+                           ranks=s["scaling_ranks"], base_seq=s["seq"] if s["seq"] in s["scaling_seqs"]
+                           else s["scaling_seqs"][len(s["scaling_seqs"]) // 2],
+                           base_rank=s["scaling_ranks"][0], batch=s["scaling_batch"], warmup=s["scaling_warmup"],
+                           reps=s["scaling_reps"], device=args.device, isolate=s["isolate"], log=log)
+    from . import meta_table
+
+    return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        parts = [p.strip() for p in args.only.split(",") if p.strip()]
+        unknown = [p for p in parts if p not in PARTS]
+        if unknown or not parts:
+            raise UserError(f"--only: unknown part(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(PARTS)}")
+        s = settings(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from .timing import quiet
+
+    info = machine()
+    log(f"bench: {info['cpu']} ({info['cpu_count']} cpus, torch {info['torch']}, {info['torch_threads']} threads"
+        f"{', ' + info['cuda'] if info['cuda'] else ''}); load average {info['load_average']}"
+        f"{'; QUICK smoke: numbers are meaningless' if args.quick else ''}")
+    results: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    for part in parts:
+        t0 = time.perf_counter()
+        with quiet():
+            results[part] = run_part(part, s, args, log)
+        seconds[part] = time.perf_counter() - t0
+        payload = {"part": part, "quick": args.quick, "machine": machine(), "settings": s,
+                   "wall_seconds": seconds[part], "result": results[part]}
+        (out / f"{part}.json").write_text(json.dumps(payload, indent=1, default=list) + "\n")
+        print("\n".join(["", *TABLES[part](results[part])]), flush=True)
+    summary = ratio_table(results)
+    (out / "summary.json").write_text(json.dumps(
+        {"quick": args.quick, "machine": info, "machine_at_end": machine(), "settings": s, "wall_seconds": seconds,
+         "parts": parts, "ratio_table": summary}, indent=1, default=list) + "\n")
+    print("\n".join(["", *summary]), flush=True)
+    log(f"bench: {sum(seconds.values()):.0f} s in all; JSON in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
