@@ -167,3 +167,16 @@ def test_group_by_context_keeps_the_prompts_own_tokens(tiny):
         assert len(encoded[i]) > len(shared[0].prefix)
     with pytest.raises(ConfigError, match="contexts"):
         group_by_context(tok, prompts, [context])
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
+    model, tok = tiny
+    state = torch.random.get_rng_state()
+    a = generate(model, tok, PROMPTS[:3], max_new_tokens=8, temperature=1.5, seed=7)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert a == generate(model, tok, PROMPTS[:3], max_new_tokens=8, temperature=1.5, seed=7)
+    assert a != generate(model, tok, PROMPTS[:3], max_new_tokens=8, temperature=1.5, seed=8)
+    greedy = [reference_completion(model, tok, p, 8) for p in PROMPTS[:3]]
+    assert generate(model, tok, PROMPTS[:3], max_new_tokens=8, temperature=0.0, seed=8) == greedy
+    with pytest.raises(ConfigError, match="temperature"):
+        generate(model, tok, ["x"], max_new_tokens=2, temperature=-1)

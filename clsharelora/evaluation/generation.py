@@ -198,6 +198,8 @@ def generate(
     batch_size: int = 8,
     progress: str | None = None,
     contexts: Sequence[str] | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[str]:
     """Greedy completions of `prompts`, in input order, each cut at the first stop string (excluded).
 
@@ -206,17 +208,23 @@ def generate(
     `contexts[i]` (optional) is a prefix of prompts[i] shared with other prompts: it is run once and its
     KV cache reused (same outputs, less compute). `progress` is the tqdm label (None: no bar). The caller
     chooses eval mode / inference mode / autocast (see `eval_context`).
+    `temperature` > 0 samples from the plain softmax at that temperature (no top-k/top-p) instead, seeded by
+    `seed` per batch without touching the global RNG (same prompts + batch_size + seed -> same samples).
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature >= 0:
+        raise ConfigError(f"temperature must be >= 0, got {temperature}")
     if not prompts:
         return []
     device = model_device(model)
     encoded, groups = group_by_context(tokenizer, prompts, contexts)
     pad = pad_id(tokenizer)
     eos = eos_ids(model, tokenizer)
+    sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0} if temperature \
+        else {"do_sample": False}
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+        max_new_tokens=max_new_tokens, num_beams=1, use_cache=True, **sampling,
         pad_token_id=pad, eos_token_id=sorted(eos) or None,
         bos_token_id=getattr(model.generation_config, "bos_token_id", None),
     )
@@ -231,10 +239,12 @@ def generate(
             input_ids, attention_mask = layout(group.prefix, [queries[i] for i in batch], pad, device)
             prompt_len = input_ids.shape[1]
             kwargs = {} if cache is None else {"cache": expand_cache(cache, len(batch))}
-            sequences = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, stop, prompt_len)]), **kwargs,
-            )
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed * 1_000_003 + batch[0])
+                sequences = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, stop, prompt_len)]), **kwargs,
+                )
             for row, i in enumerate(batch):
                 new = sequences[row, prompt_len:].tolist()
                 for j, tok in enumerate(new):
