@@ -1,0 +1,137 @@
+"""CI smoke of `make bench` (`bench.run --quick`: tiny-llama, tiny shapes, one repetition) plus the timing
+helpers against independent references. The quick numbers mean nothing; what is checked is that every part
+runs, writes its JSON, prints its tables, and that the counts it reports obey their closed forms."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from bench import run as bench_run
+from bench import timing
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = bench_run.main(["--quick", "--out", str(out)])
+    return code, out, buf.getvalue()
+
+
+def test_quick_run_writes_every_part_and_prints_the_ratio_table(quick):
+    code, out, printed = quick
+    assert code == 0
+    for part in bench_run.PARTS:
+        payload = json.loads((out / f"{part}.json").read_text())
+        assert payload["part"] == part and payload["quick"] is True
+        assert payload["machine"]["torch"] == torch.__version__
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parts"] == list(bench_run.PARTS)
+    assert "== Targets (issue #8) ==" in printed
+    for line in ("share_a step time / LoRA", "strategy step / bare loop step", "mmlu items/s ours / lm-eval",
+                 "meta-device counts = closed form"):
+        assert line in printed
+    assert summary["ratio_table"][-1] in printed
+    for variant in ("lora", "share_a", "share_b", "share_ab"):
+        assert f"\n{variant} " in printed
+
+
+def test_adapter_counts_follow_the_closed_form(quick):
+    _, out, _ = quick
+    res = json.loads((out / "adapters.json").read_text())["result"]
+    rows = res["variants"]
+    lora = rows["lora"]["trainable_params"]
+    for name, row in rows.items():
+        assert row["closed_form_ok"], name
+        assert row["params_ratio"] == pytest.approx(row["trainable_params"] / lora)
+        # AdamW: fp32 exp_avg + exp_avg_sq per element, plus a 4-byte step per tensor
+        extra = row["optimizer_state_bytes"] - 8 * row["trainable_params"]
+        assert extra > 0 and extra % 4 == 0 and extra // 4 <= 7 * 2 * 2, name
+        assert row["step_time"]["n"] == res["reps"] and row["step_time"]["median"] > 0
+        assert row["step_ratio_paired"]["n"] == res["reps"]
+    # sharing strictly reduces the count: A shared < LoRA, B shared < LoRA, both shared smallest
+    assert rows["share_ab"]["trainable_params"] < min(rows["share_a"]["trainable_params"],
+                                                      rows["share_b"]["trainable_params"]) < lora
+
+
+def test_meta_table_matches_hand_computed_llama2_7b_lora(quick):
+    _, out, _ = quick
+    res = json.loads((out / "meta.json").read_text())["result"]
+    rows = {x["variant"]: x for x in res["rows"] if x["model"] == "llama2-7b" and x["r"] == 8}
+    h, inter, layers, r = 4096, 11008, 32, 8
+    per_layer = 4 * (h + h) + 2 * (h + inter) + (inter + h)   # q,k,v,o ; gate,up ; down
+    assert rows["lora"]["trainable_params"] == layers * r * per_layer == 19_988_480
+    share_ab = r * per_layer                                    # one A and one B per projection type
+    assert rows["share_ab"]["trainable_params"] == share_ab
+    assert rows["lora"]["optimizer_state_bytes"] == 8 * 19_988_480
+    assert rows["lora"]["base_weight_bytes_bf16"] == 2 * rows["lora"]["base_params"]
+
+
+def test_eval_comparison_sees_identical_mmlu_predictions(quick):
+    _, out, _ = quick
+    res = json.loads((out / "eval.json").read_text())["result"]
+    if res["lm_eval"]["status"] != "measured":
+        assert res["lm_eval"]["reason"]
+        pytest.skip(f"lm-eval not measured: {res['lm_eval']['reason']}")
+    assert res["mmlu"]["same_predictions"] == res["mmlu"]["n"]
+    assert res["mmlu"]["identical_accuracy"]
+    assert res["gsm8k"]["same_completions"] == res["gsm8k"]["n"]
+
+
+def test_summarize_matches_numpy_quantiles():
+    rng = random.Random()
+    seed = rng.randrange(10**6)
+    values = [random.Random(seed).expovariate(1.0) for _ in range(random.Random(seed).randint(1, 40))]
+    st = timing.summarize(values)
+    for key, q in (("q1", 25), ("median", 50), ("q3", 75), ("min", 0), ("max", 100)):
+        assert st[key] == pytest.approx(float(np.percentile(values, q)), rel=1e-12), (key, seed)
+    assert st["n"] == len(values) and st["samples"] == values
+
+
+def test_interleaved_runs_round_robin_after_warmup_and_pairs_rounds():
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = timing.interleaved(fns, warmup=2, reps=3, device="cpu")
+    assert calls == ["a", "b", "c"] * 5
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    ratio = timing.paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+    assert ratio["samples"] == [2.0, 2.0, 3.0] and ratio["median"] == 2.0
+    with pytest.raises(ValueError):
+        timing.paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_peak_memory_sees_a_known_allocation_on_cpu():
+    size = 96 * 2**20
+    with timing.PeakMemory("cpu") as mem:
+        block = torch.ones(size // 4, dtype=torch.float32)   # written, so resident
+        del block
+    assert mem.kind.startswith("cpu_rss_growth")
+    assert size * 0.9 <= mem.peak_bytes <= size * 1.5
+    with timing.PeakMemory("cpu") as idle:
+        pass
+    assert idle.peak_bytes < size * 0.5
+
+
+def test_run_isolated_returns_the_child_result_and_reports_failures():
+    samples = [3.0, 1.0, 2.0]
+    assert timing.run_isolated("bench.timing:summarize", {"samples": samples}) == timing.summarize(samples)
+    with pytest.raises(RuntimeError, match="failed"):
+        timing.run_isolated("bench.timing:summarize", {"samples": []})
+
+
+def test_bad_options_are_user_errors(capsys, tmp_path):
+    assert bench_run.main(["--only", "adapters,speed", "--out", str(tmp_path)]) == 2
+    assert "--only" in capsys.readouterr().err
+    assert bench_run.main(["--reps", "0", "--out", str(tmp_path)]) == 2
+    assert "--reps" in capsys.readouterr().err
+    assert bench_run.main(["--scaling-seqs", "128,x", "--out", str(tmp_path)]) == 2
+    assert "--scaling-seqs" in capsys.readouterr().err
