@@ -71,7 +71,8 @@ def timed(fn: Callable[[], Any], device: torch.device | str) -> tuple[float, Any
 
 def interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int, reps: int,
                 device: torch.device | str) -> dict[str, list[float]]:
-    """Run every fn `warmup` times (discarded), then `reps` rounds of one call each, round-robin.
+    """Run every fn `warmup` times (discarded), then `reps` rounds of one call each, round-robin; round i
+    starts at the i-th fn (rotated order), so no configuration always runs first after a slow neighbour.
 
     Returns name -> per-round seconds; index i of every list belongs to the same round, so paired ratios
     are meaningful.
@@ -82,9 +83,10 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int, reps: int,
         for fn in fns.values():
             timed(fn, device)
     out: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            out[name].append(timed(fn, device)[0])
+    names = list(fns)
+    for i in range(reps):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            out[name].append(timed(fns[name], device)[0])
     return out
 
 

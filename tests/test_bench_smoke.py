@@ -101,7 +101,7 @@ def test_interleaved_runs_round_robin_after_warmup_and_pairs_rounds():
     calls = []
     fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
     times = timing.interleaved(fns, warmup=2, reps=3, device="cpu")
-    assert calls == ["a", "b", "c"] * 5
+    assert calls == ["a", "b", "c"] * 2 + ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
     ratio = timing.paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
     assert ratio["samples"] == [2.0, 2.0, 3.0] and ratio["median"] == 2.0
