@@ -108,6 +108,7 @@ def test_tiny_model_end_to_end_restores_mode():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~8 min on 2 busy shared cores
 def test_smollm2_gsm8k_scores_on_a_real_subset():
     model, tok = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
     ev = make_evaluator("gsm8k", n=20, seed=0)
