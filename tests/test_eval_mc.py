@@ -167,3 +167,21 @@ def test_smollm2_multiple_choice_scores_on_real_subsets(task, n):
     assert math.isfinite(score.nll) and 0.0 < score.nll < math.log(len(tok))
     preds = [o["pred"] for o in ev.last_outputs]
     assert all(LETTERS.index(p) < len(r.choices) for p, r in zip(preds, ev.records))
+
+
+@pytest.mark.parametrize("cls", [MMLUEvaluator, MMLUProEvaluator])
+def test_zero_shot_nll_reuses_the_letter_forward_and_equals_a_separate_pass(cls, tok, monkeypatch):
+    from clsharelora.data import load_benchmark
+    from clsharelora.evaluation.nll import answer_nll
+
+    records = load_benchmark(cls.benchmark, "test", n=6, seed=int(torch.randint(0, 1000, (1,))))
+    model = load_model("tiny-llama", seed=1)
+    reused = cls(records=records, shots=0, batch_size=4)
+    separate = answer_nll(model, tok, reused.nll_pairs, batch_size=4)
+    calls = []
+    monkeypatch.setattr(mc, "answer_nll", lambda *a, **k: calls.append(1))
+    score = reused.evaluate(model, tok, progress=False)
+    assert not calls, "zero-shot letter scoring must not run a second NLL pass"
+    assert score.nll == pytest.approx(separate, rel=1e-5)
+    with_shots = cls(records=records, shots=1, batch_size=4)
+    assert not with_shots._nll_is_gold_letter_logprob(tok)

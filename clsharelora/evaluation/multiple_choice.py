@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..prompts import LETTERS, context_for, first_shots, prompt_for, target_for
 from .base import Evaluator, TaskScore, register_evaluator
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
-from .nll import answer_nll, letter_logprobs
+from .nll import answer_nll, encode_pair, letter_logprobs, letter_token_ids
 
 COT_STOP = ("Question:", "</s>", "<|im_end|>")
 COT_ANSWER = re.compile(r"answer is \(?([ABCDEFGHIJ])\)?")
@@ -100,9 +100,21 @@ class MultipleChoiceEvaluator(Evaluator):
         return first_shots(pool, k, subject=record.subject, fallback=self.shot_fallback)
 
     def _letter_predictions(self, model, tokenizer, label) -> list[str | None]:
-        logprobs = letter_logprobs(model, tokenizer, self.prompts, self.letters, batch_size=self.batch_size,
-                                   progress=label("letters"), contexts=self.contexts)
-        return predict_letters(logprobs, [len(r.choices) for r in self.records])
+        self._logprobs = letter_logprobs(model, tokenizer, self.prompts, self.letters, batch_size=self.batch_size,
+                                         progress=label("letters"), contexts=self.contexts)
+        return predict_letters(self._logprobs, [len(r.choices) for r in self.records])
+
+    def _nll_is_gold_letter_logprob(self, tokenizer) -> bool:
+        """Zero-shot letter scoring already ran the NLL's forward: the NLL prompt is the scored prompt and
+        the reference is the one gold-letter token, so -log p(gold) is the NLL and a second pass is waste."""
+        if self.mode != "letter" or any(shots for shots in self.shots):
+            return False
+        for (prompt, target), scored, record in zip(self.nll_pairs, self.prompts, self.records):
+            ids, count = encode_pair(tokenizer, prompt, target)
+            gold = letter_token_ids(tokenizer, scored, [" " + record.answer])[0]
+            if prompt != scored or count != 1 or ids[-1] != gold:
+                return False
+        return True
 
     def _cot_predictions(self, model, tokenizer, label) -> list[str | None]:
         completions = generate(model, tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
@@ -118,7 +130,12 @@ class MultipleChoiceEvaluator(Evaluator):
                 preds = self._cot_predictions(model, tokenizer, label)
             else:
                 preds = self._letter_predictions(model, tokenizer, label)
-            nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size, progress=label("nll"))
+            if self._nll_is_gold_letter_logprob(tokenizer):
+                gold = torch.tensor([LETTERS.index(r.answer) for r in self.records])
+                nll = float(-self._logprobs.double().gather(1, gold[:, None]).mean())
+            else:
+                nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size,
+                                 progress=label("nll"))
         correct = [p == r.answer for p, r in zip(preds, self.records)]
         micro, macro = micro_macro(correct, [r.subject for r in self.records])
         if self.mode == "letter":
