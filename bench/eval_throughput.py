@@ -147,9 +147,32 @@ def _model_dir(model_name: str, model, tokenizer, scratch: Path) -> str:
     return str(path)
 
 
+def _top_ops(prof, top: int = 10) -> dict[str, Any]:
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"self_cpu_total_ms": total / 1000,
+            "top_ops": [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1000,
+                         "share": e.self_cpu_time_total / total if total else 0.0} for e in events[:top]]}
+
+
+def profile_one_batch(kind: str, model, tokenizer, ev, lm_runner, task: str | None) -> dict[str, Any]:
+    """torch.profiler of one batch on each side: where the time goes when a speed-up target is missed."""
+    from torch.profiler import profile
+
+    out = {}
+    with profile() as prof:
+        (ours_mmlu if kind == "mmlu" else ours_gsm8k)(model, tokenizer, ev, ev.prompts[: ev.batch_size])
+    out["ours"] = _top_ops(prof)
+    if lm_runner and task:
+        with profile() as prof:
+            lm_runner.run(task, limit=ev.batch_size)
+        out["lm_eval"] = _top_ops(prof)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- run
 def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_shots: int, max_new_tokens: int,
-        batch_size: int, reps: int, device: str | None, log=print) -> dict[str, Any]:
+        batch_size: int, reps: int, device: str | None, profile_on_miss: bool = True, log=print) -> dict[str, Any]:
     from clsharelora.evaluation.base import make_evaluator
     from clsharelora.evaluation.gsm8k import extract_strict, is_correct
     from clsharelora.models import load_model, load_tokenizer
@@ -227,6 +250,10 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
                     texts, strict = lm_eval_gsm8k(theirs_out, n)
                     block["lm_eval_strict_accuracy"] = sum(strict) / n
                     block["same_completions"] = sum(a == b for a, b in zip(ours_out, texts))
+            if profile_on_miss and lm_runner and not block["target_met"]:
+                log(f"[eval] {kind}: speed-up target missed; profiling one batch on each side")
+                block["profile"] = profile_one_batch(kind, model, tokenizer, ev, lm_runner,
+                                                     result["lm_eval"]["tasks"][kind])
             log(f"[eval] {kind} done in {time.perf_counter() - t0:.0f} s")
     finally:
         scratch.cleanup()

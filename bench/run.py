@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-ranks", help="ranks of the sweep (default 8,16,64)")
     p.add_argument("--mmlu-n", type=int, help="MMLU items (default 32)")
     p.add_argument("--gsm8k-n", type=int, help="GSM8K items (default 8)")
-    p.add_argument("--no-profile", action="store_true", help="do not profile when a step-time target is missed")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads here and in every subprocess (default: torch's). On a shared machine "
+                        "1 avoids OpenMP spin-waiting against other jobs, which inflated 2-thread steps 10-20x")
+    p.add_argument("--no-profile", action="store_true", help="do not profile when a speed target is missed")
     return p
 
 
@@ -251,7 +254,8 @@ def run_part(part: str, s: dict, args, log) -> dict:
         return eval_throughput.run(model_name=s["model"], mmlu_n=s["mmlu_n"], mmlu_shots=s["mmlu_shots"],
                                    gsm8k_n=s["gsm8k_n"], gsm8k_shots=s["gsm8k_shots"],
                                    max_new_tokens=s["max_new_tokens"], batch_size=s["eval_batch"],
-                                   reps=s["eval_reps"], device=args.device, log=log)
+                                   reps=s["eval_reps"], device=args.device,
+                                   profile_on_miss=not args.no_profile, log=log)
     if part == "scaling":
         from . import scaling
 
@@ -282,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # for subprocesses
+        torch.set_num_threads(args.threads)
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -303,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{part}.json").write_text(json.dumps(payload, indent=1, default=list) + "\n")
         print("\n".join(["", *TABLES[part](results[part])]), flush=True)
     summary = ratio_table(results)
-    (out / "summary.json").write_text(json.dumps(
+    # a partial run (--only) gets its own summary file, so it does not overwrite the summary of other parts
+    name = "summary.json" if parts == list(PARTS) else f"summary-{'-'.join(parts)}.json"
+    (out / name).write_text(json.dumps(
         {"quick": args.quick, "machine": info, "machine_at_end": machine(), "settings": s, "wall_seconds": seconds,
          "parts": parts, "ratio_table": summary}, indent=1, default=list) + "\n")
     print("\n".join(["", *summary]), flush=True)

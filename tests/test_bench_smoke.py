@@ -135,3 +135,5 @@ def test_bad_options_are_user_errors(capsys, tmp_path):
     assert "--reps" in capsys.readouterr().err
     assert bench_run.main(["--scaling-seqs", "128,x", "--out", str(tmp_path)]) == 2
     assert "--scaling-seqs" in capsys.readouterr().err
+    assert bench_run.main(["--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "--threads" in capsys.readouterr().err
