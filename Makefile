@@ -50,11 +50,13 @@ endif
 report: install
 	$(CLI) report $(RUNS) --out $(OUT)
 
+# BENCH_ARGS="--threads 1" on a shared machine; --only adapters,overhead,eval,scaling,meta for parts.
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-smoke: install
-	$(PY) -m bench.run --quick
+	$(PY) -m pytest -q tests/test_bench_smoke.py
 
 clean:
 	rm -rf $(VENV) runs reports
