@@ -152,16 +152,45 @@ def _load_model(prep: Prepared, device: torch.device):
     return model if cfg.load_in_4bit else model.to(device)
 
 
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """Peak resident set size since the last reset (VmHWM), else the process lifetime peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 class CostPlugin(SupervisedPlugin, supports_distributed=True):
-    """Train time, optimizer-state bytes and peak memory, kept in the results."""
+    """Train time (the epochs' wall time: scoring, saving and checkpointing excluded), optimizer-state bytes
+    and peak memory, kept in the results."""
 
     def __init__(self, store: ResultsStore, device: torch.device):
         super().__init__()
         self.store, self.device = store, device
         self._start = None
+        # Peaks are per run: `compare` runs several strategies in one process.
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            _reset_peak_rss()
 
-    def before_training_exp(self, strategy, **kwargs):
+    def before_training_epoch(self, strategy, **kwargs):
         self._start = time.perf_counter()
+
+    def after_training_epoch(self, strategy, **kwargs):
+        elapsed = time.perf_counter() - self._start
+        self.store.cost["train_time_s"] = round(self.store.cost.get("train_time_s", 0.0) + elapsed, 3)
 
     def after_update(self, strategy, **kwargs):
         if "optimizer_state_bytes" not in self.store.cost:
@@ -170,12 +199,10 @@ class CostPlugin(SupervisedPlugin, supports_distributed=True):
                 if torch.is_tensor(t) and t.dim() > 0)
 
     def after_training_exp(self, strategy, **kwargs):
-        elapsed = time.perf_counter() - self._start
-        self.store.cost["train_time_s"] = round(self.store.cost.get("train_time_s", 0.0) + elapsed, 3)
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+            peak = _peak_rss()
         self.store.cost["peak_memory_bytes"] = max(int(peak), int(self.store.cost.get("peak_memory_bytes", 0)))
         self.store.cost["peak_memory_kind"] = "cuda_allocated" if self.device.type == "cuda" else "process_rss"
 
