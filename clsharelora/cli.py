@@ -155,11 +155,14 @@ def _cmd_compare(args) -> int:
         return 0
     from .training.runner import prepare, run
 
+    def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
+        out = Path(config.out)
+        return args.resume and out.exists() and any(out.iterdir())
+
     for config in configs:  # validate every run before starting the first
-        prepare(config, resume=args.resume and Path(config.out).exists() and any(Path(config.out).iterdir()))
+        prepare(config, resume=resume(config))
     for config in configs:
-        resume = args.resume and Path(config.out).exists() and any(Path(config.out).iterdir())
-        run_dir = run(config, resume=resume, progress=not args.no_progress)
+        run_dir = run(config, resume=resume(config), progress=not args.no_progress)
         print(f"results: {run_dir / 'results.json'}")
     return 0
 
