@@ -51,7 +51,8 @@ def ours_mmlu(model, tokenizer, ev, prompts=None) -> list[str]:
 
     prompts = ev.prompts if prompts is None else prompts
     with eval_context(model, autocast=ev.autocast):
-        logprobs = letter_logprobs(model, tokenizer, prompts, ev.letters, batch_size=ev.batch_size)
+        logprobs = letter_logprobs(model, tokenizer, prompts, ev.letters, batch_size=ev.batch_size,
+                                   contexts=ev.contexts[: len(prompts)])
     return predict_letters(logprobs, [len(r.choices) for r in ev.records[: len(prompts)]])
 
 
@@ -62,7 +63,7 @@ def ours_gsm8k(model, tokenizer, ev, prompts=None) -> list[str]:
     prompts = ev.prompts if prompts is None else prompts
     with eval_context(model, autocast=ev.autocast):
         return generate(model, tokenizer, prompts, max_new_tokens=ev.max_new_tokens, stop=ev.stop,
-                        batch_size=ev.batch_size)
+                        batch_size=ev.batch_size, contexts=ev.contexts[: len(prompts)])
 
 
 # --------------------------------------------------------------------------------------- lm-eval
@@ -172,6 +173,7 @@ def profile_one_batch(kind: str, model, tokenizer, ev, lm_runner, task: str | No
 
 # ------------------------------------------------------------------------------------------- run
 def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_shots: int, max_new_tokens: int,
+        mmlu_subjects: tuple[str, ...] = ("high_school_psychology", "elementary_mathematics"),
         batch_size: int, reps: int, device: str | None, profile_on_miss: bool = True, log=print) -> dict[str, Any]:
     from clsharelora.evaluation.base import make_evaluator
     from clsharelora.evaluation.gsm8k import extract_strict, is_correct
@@ -180,7 +182,12 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
     dev = pick_device(device)
     log(f"[eval] {model_name} on {dev}: MMLU {mmlu_n} items {mmlu_shots}-shot, GSM8K {gsm8k_n} items "
         f"{gsm8k_shots}-shot (<= {max_new_tokens} new tokens), batch {batch_size}, {reps} reps")
-    mmlu = make_evaluator("mmlu", n=mmlu_n, shots=mmlu_shots, batch_size=batch_size)
+    # Items from a few subjects, as a full MMLU run has ~250 per subject: the per-subject few-shot context
+    # is then shared, as it is on the whole test set.
+    from clsharelora.data import load_benchmark
+
+    mmlu = make_evaluator("mmlu", shots=mmlu_shots, batch_size=batch_size,
+                          records=load_benchmark("mmlu", "test", n=mmlu_n, subjects=list(mmlu_subjects)))
     gsm8k = make_evaluator("gsm8k", n=gsm8k_n, shots=gsm8k_shots, batch_size=batch_size,
                            max_new_tokens=max_new_tokens)
     model = load_model(model_name, device=dev)
@@ -189,7 +196,8 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
                      "gsm8k": sum(len(tokenizer(p)["input_ids"]) for p in gsm8k.prompts) / len(gsm8k.prompts)}
     result: dict[str, Any] = {"model": model_name, "device": str(dev), "batch_size": batch_size, "reps": reps,
                               "target_speedup": TARGET, "mean_prompt_tokens": prompt_tokens,
-                              "mmlu": {"n": len(mmlu.records), "shots": mmlu_shots},
+                              "mmlu": {"n": len(mmlu.records), "shots": mmlu_shots,
+                                       "subjects": list(mmlu_subjects)},
                               "gsm8k": {"n": len(gsm8k.records), "shots": gsm8k_shots,
                                         "max_new_tokens": max_new_tokens},
                               "timed_work": "ours: tokenise + forward/generate + answer extraction (NLL pass "

@@ -28,7 +28,7 @@ GiB = 2 ** 30
 # name -> settings; --quick swaps in the second column
 FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             overhead_batch=4, overhead_seq=128, overhead_steps_per_block=4,
-            mmlu_n=16, mmlu_shots=1, gsm8k_n=8, gsm8k_shots=1, max_new_tokens=32, eval_batch=8, eval_reps=2,
+            mmlu_n=16, mmlu_shots=5, gsm8k_n=8, gsm8k_shots=8, max_new_tokens=32, eval_batch=8, eval_reps=2,
             scaling_batch=1, scaling_seqs=(128, 256, 512), scaling_ranks=(8, 16, 64), scaling_warmup=1,
             scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
