@@ -18,18 +18,8 @@ ADAM_STATE_BYTES = 8        # fp32 exp_avg + exp_avg_sq per trainable parameter
 TRAIN_STATE_BYTES = 16      # fp32 weight + grad + the two Adam moments
 
 
-def unique_params(model, trainable: bool | None = None) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) in seen or (trainable is not None and p.requires_grad != trainable):
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
-
-
 def row(model_name: str, variant: str, r: int, batch: int, seq: int) -> dict[str, Any]:
-    from clsharelora.dry_run import activation_bytes
+    from clsharelora.dry_run import activation_bytes, unique_params
     from clsharelora.models import meta_model
 
     base = meta_model(model_name)

@@ -13,7 +13,8 @@ GiB = 1024 ** 3
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def _unique_params(model, trainable: bool | None = None) -> int:
+def unique_params(model, trainable: bool | None = None) -> int:
+    """Parameters counted once each (shared ShareLoRA tensors and tied embeddings appear in several modules)."""
     seen, total = set(), 0
     for p in model.parameters():
         if id(p) in seen or (trainable is not None and p.requires_grad != trainable):
@@ -39,10 +40,10 @@ def dry_run(config: RunConfig) -> str:
     adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
     cl = registry.create(config.cl["name"], "cl", **{k: v for k, v in config.cl.items() if k != "name"})
     base = models.meta_model(config.model)
-    base_params = _unique_params(base)
+    base_params = unique_params(base)
     hf_config = base.config
     peft_model = adapter.apply(base)
-    trainable = _unique_params(peft_model, trainable=True)
+    trainable = unique_params(peft_model, trainable=True)
     expected = adapter.expected_params(hf_config)
     lora_params = None
     if "r" in adapter.options and "targets" in adapter.options:
