@@ -252,7 +252,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
                                data_root=prep.data_root)
     evaluators = []
     for exp in prep.stream.experiences:
-        options = {"batch_size": cfg.eval.batch_size, **exp.eval_options}
+        options = {"batch_size": cfg.eval.batch_size, "autocast": cfg.eval.autocast, **exp.eval_options}
         if cfg.eval.n is not None:  # a run-level cap on top of the stream's subset sizes
             options["n"] = min(options.get("n") or cfg.eval.n, cfg.eval.n)
         evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
