@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from . import style
-from .runs import Run, by_strategy, mean_matrix
+from .runs import Run, by_strategy, mean_matrix, scored_groups
 
 plt = style.plt
 
@@ -30,9 +30,7 @@ def _legend_label(label: str, group: Sequence[Run]) -> str:
 
 def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, title: str | None = None) -> Path:
     """Write the forgetting-curve figure of one setting's `runs` for `score` ("accuracy" or "nll")."""
-    groups = {lab: g for lab, g in by_strategy(runs).items() if score in g[0].matrices}
-    if not groups:
-        raise ValueError(f"no run has a {score!r} matrix")
+    groups = scored_groups(runs, score)
     first = next(iter(groups.values()))[0]
     T, tasks, experiences = first.T, first.tasks, first.experiences
     colour = style.colors(list(by_strategy(runs)))

@@ -13,16 +13,14 @@ from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
 from . import style
-from .runs import Run, by_strategy, mean_matrix
+from .runs import Run, mean_matrix, scored_groups
 
 plt = style.plt
 
 
 def plot_heatmaps(runs: Sequence[Run], score: str, out: str | Path, title: str | None = None) -> Path:
     """Write one figure with a heatmap panel per strategy of one setting's `runs` for `score`."""
-    groups = {lab: g for lab, g in by_strategy(runs).items() if score in g[0].matrices}
-    if not groups:
-        raise ValueError(f"no run has a {score!r} matrix")
+    groups = scored_groups(runs, score)
     first = next(iter(groups.values()))[0]
     T, tasks, experiences = first.T, first.tasks, first.experiences
     means = {lab: mean_matrix(g, score)[0] for lab, g in groups.items()}

@@ -316,6 +316,14 @@ def by_strategy(runs: Iterable[Run]) -> dict[str, list[Run]]:
     return {k: sorted(groups[k], key=lambda r: r.seed) for k in sorted(groups, key=_strategy_order)}
 
 
+def scored_groups(runs: Iterable[Run], score: str) -> dict[str, list[Run]]:
+    """`by_strategy`, keeping the strategies whose runs have a `score` matrix; ValueError when none has."""
+    groups = {lab: g for lab, g in by_strategy(runs).items() if score in g[0].matrices}
+    if not groups:
+        raise ValueError(f"no run has a {score!r} matrix")
+    return groups
+
+
 def tidy(runs: Iterable[Run]) -> pd.DataFrame:
     """One row per (run, score, row of R, task) that exists: missing experiences are absent, not zero."""
     records = []
