@@ -10,7 +10,9 @@ Formats follow lm-evaluation-harness so scores are comparable with published num
             under MMLU's description); CoT style = lm-eval `mmlu_pro` ("Question:\\n..\\nOptions:\\nA. ..\\n
             Answer: Let's think step by step." and shots ending in "The answer is (X).").
 - humaneval: the raw code prompt; target = canonical solution.
-- mbpp:     lm-eval's MBPP prompt; target = the reference code.
+- mbpp:     lm-eval's MBPP prompt; target = the reference code. With the loader's shape=humaneval
+            (meta["shape"]), HumanEval's shape instead: the record's signature + docstring prompt; target =
+            the body (data/humaneval_shape.py).
 - codealpaca: the Alpaca instruction/input/response format; target = the output.
 """
 
@@ -117,7 +119,7 @@ def _query(record: Record, cot: bool) -> str:
     if b == "humaneval":
         return record.question
     if b == "mbpp":
-        return _mbpp_prompt(record)
+        return record.question if record.meta.get("shape") == "humaneval" else _mbpp_prompt(record)
     return _alpaca_prompt(record)
 
 
