@@ -182,7 +182,7 @@ def _run(iso: _layers.Isolation, source: str, *, timeout: float, memory_mb: int,
             "cgroup_procs": list(cg.procs) if cg else [],
             "mountpoint": _layers.mountpoint() if iso.pivot else "",
             "binds": list(iso.binds), "links": [list(x) for x in iso.links],
-            "tmpfs_bytes": memory_mb * 2**20, "memory_bytes": memory_mb * 2**20,
+            "tmpfs_bytes": memory_mb * 2**18, "memory_bytes": memory_mb * 2**20,
             "cpu_s": math.ceil(timeout) + 1, "nproc": max_processes, "fsize_bytes": max_file_mb * 2**20,
             "nofile": _NOFILE, "source_bytes": len(code)}).encode()
         stdin = _stdin_file(len(header).to_bytes(8, "big") + header + token + code)
