@@ -343,7 +343,8 @@ class Outside:
         self.before = self.snapshot()
 
     def snapshot(self) -> dict[str, tuple[str, int]]:
-        out = {}
+        # the system temp dir too: the old cleanup chmod-ed /tmp to 0700 when a program raced it
+        out = {tempfile.gettempdir(): ("", stat.S_IMODE(os.stat(tempfile.gettempdir()).st_mode))}
         for p in sorted(self.dir.rglob("*")):
             st = p.lstat()
             out[str(p)] = (p.read_text() if p.is_file() and not p.is_symlink() else "", stat.S_IMODE(st.st_mode))

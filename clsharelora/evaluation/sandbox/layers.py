@@ -112,7 +112,7 @@ def mountpoint() -> str:
     """One empty root-only directory per harness process: each program mounts its private tmpfs there,
     inside its own mount namespace, so nothing is ever written into it on the host."""
     global _mountpoint
-    if _mountpoint is None:
+    if _mountpoint is None or not os.path.isdir(_mountpoint):  # e.g. removed by a /tmp cleaner
         _mountpoint = tempfile.mkdtemp(prefix="clsl-sbx-root-")
         atexit.register(_remove_mountpoint, _mountpoint)
     return _mountpoint
