@@ -2,8 +2,9 @@
 of fresh namespaces it joins the program's cgroups, pivots into a minimal root, drops to the program's own
 uid with no capabilities and no_new_privs, sets rlimits, then runs the program text it read from stdin.
 
-stdin (a private memfd, replaced by /dev/null before the program runs): 8-byte big-endian length, a JSON
-header (see launch.py), then the 32-byte token, then the UTF-8 program. Result fd: b"S" once the set-up is
+stdin (a private memfd, replaced by /dev/null before the program runs): 8-byte big-endian length, a header
+of `key<TAB>value` lines (lists joined by \x1e, pairs by \x1f; written by run.py's `_header`; no json:
+importing it costs more than the rest of the set-up), then the 32-byte token, then the UTF-8 program. Result fd: b"S" once the set-up is
 done, then the token once the program text ran to its end (both written by this code, never by the harness
 reading the program's streams)."""
 
@@ -155,9 +156,20 @@ def _reliability_guard():
         sys.modules[name] = None
 
 
+def _parse(text):
+    raw = dict(line.split("\t", 1) for line in text.split("\n"))
+    cfg = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in raw.items()}
+    for key in ("cgroup_procs", "binds", "links"):
+        cfg[key] = [item for item in raw[key].split("\x1e") if item]
+    cfg["links"] = [item.split("\x1f") for item in cfg["links"]]
+    for key in ("uid", "gid"):
+        cfg[key] = None if raw[key] == "" else int(raw[key])
+    cfg["guard"] = raw["guard"] == "1"
+    return cfg
+
+
 def _bootstrap():
-    import json
-    cfg = json.loads(_read_exact(0, int.from_bytes(_read_exact(0, 8), "big")))
+    cfg = _parse(_read_exact(0, int.from_bytes(_read_exact(0, 8), "big")).decode("utf-8"))
     token = _read_exact(0, 32)
     code = _read_exact(0, cfg["source_bytes"])
     devnull = os.open(os.devnull, os.O_RDONLY)

@@ -7,7 +7,6 @@ rest discarded, so output volume cannot fail a program."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pwd
@@ -107,6 +106,31 @@ def _kill_uid(uid: int) -> None:
                 pass
 
 
+_SEPARATORS = ("\n", "\t", "\x1e", "\x1f")
+
+
+def _header(cfg: dict) -> bytes:
+    """The set-up's header in inside.py's `key<TAB>value` format (see its docstring)."""
+    def text(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        if isinstance(value, (list, tuple)):
+            return "\x1e".join("\x1f".join(v) if isinstance(v, (list, tuple)) else v for v in value)
+        return str(value)
+
+    lines = []
+    for key, value in cfg.items():
+        v = text(value)
+        flat = [x for item in (value if isinstance(value, (list, tuple)) else [value])
+                for x in (item if isinstance(item, (list, tuple)) else [item])]
+        if any(sep in str(x) for x in flat for sep in _SEPARATORS):
+            raise OSError(f"sandbox: {key} {value!r} contains a control character the set-up header cannot carry")
+        lines.append(f"{key}\t{v}")
+    return "\n".join(lines).encode("utf-8")
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
@@ -177,14 +201,14 @@ def _run(iso: _layers.Isolation, source: str, *, timeout: float, memory_mb: int,
         err_r, err_w = os.pipe()
         opened += [result_r, result_w, out_r, out_w, err_r, err_w]
         code = source.encode("utf-8", errors="surrogateescape")
-        header = json.dumps({
+        header = _header({
             "result_fd": result_w, "uid": uid, "gid": uid, "guard": guard,
             "cgroup_procs": list(cg.procs) if cg else [],
             "mountpoint": _layers.mountpoint() if iso.pivot else "",
-            "binds": list(iso.binds), "links": [list(x) for x in iso.links],
+            "binds": list(iso.binds), "links": list(iso.links),
             "tmpfs_bytes": memory_mb * 2**18, "memory_bytes": memory_mb * 2**20,
             "cpu_s": math.ceil(timeout) + 1, "nproc": max_processes, "fsize_bytes": max_file_mb * 2**20,
-            "nofile": _NOFILE, "source_bytes": len(code)}).encode()
+            "nofile": _NOFILE, "source_bytes": len(code)})
         stdin = _stdin_file(len(header).to_bytes(8, "big") + header + token + code)
         opened.append(stdin)
         argv = [*iso.prefix, iso.python, "-I", "-S", "-c", _INSIDE]
