@@ -89,12 +89,16 @@ def test_all_canonical_solutions_pass_and_empty_completions_fail(records):
     assert [d["id"] for d in details if d["passed"]] == []
 
 
-HOSTILE_COMPLETION = """    import glob, time
-    end = time.time() + 3
+HOSTILE_COMPLETION = """    import gc, glob, time
+    posix = next(m for m in gc.get_objects() if type(m).__name__ == 'module' and m.__name__ == 'posix')
+    end, done = time.time() + 3, set()
     while time.time() < end:
-        for path in glob.glob('/tmp/*/program.py'):
+        for path in set(glob.glob('/tmp/*/program.py')) - done:
             try:
-                open(path, 'w').write('pass\\n')
+                if b'return None' in open(path, 'rb').read():
+                    posix.unlink(path)
+                    open(path, 'w').write('pass\\n')
+                    done.add(path)
             except OSError:
                 pass
     return None
@@ -102,8 +106,9 @@ HOSTILE_COMPLETION = """    import glob, time
 
 
 def test_one_hostile_completion_cannot_change_the_others_verdicts(records):
-    """Issue 14's attack: wrong completions for three problems plus one that, with the reliability guard on,
-    rewrites every other program it can find. pass@1 must stay 0.0 (it was 0.75)."""
+    """Issue 14's attack: wrong completions for three problems plus one that, past the reliability guard
+    (the real `unlink` found through `gc`), replaces every other program it can find. pass@1 must stay 0.0
+    (it was 0.75)."""
     probs = records[:4]
     ev = HumanEvalEvaluator(records=probs, timeout=10.0, workers=2)
     completions = [[HOSTILE_COMPLETION]] + [["    return None\n"]] * 3

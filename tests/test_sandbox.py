@@ -404,12 +404,15 @@ while time.time() < end and not found:
         except OSError:
             pass
 assert not found, found""", "passed", {}),
-    "rewrite_other_programs": ("""import glob, time
-end = time.time() + 2.5
+    "rewrite_other_programs": ("""import glob, os, time
+end, done = time.time() + 2.5, set()
 while time.time() < end:
-    for path in glob.glob('/tmp/*/program.py'):
+    for path in set(glob.glob('/tmp/*/program.py')) - done:
         try:
-            open(path, 'w').write('pass\\n')
+            if b'{marker}' in open(path, 'rb').read():
+                os.unlink(path)
+                open(path, 'w').write('pass\\n')
+                done.add(path)
         except OSError:
             pass""", "passed", {}),
     "kill_every_pid": ("""import os, signal
