@@ -47,6 +47,7 @@ def _join_cgroups(paths):
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "ppc64": 203, "s390x": 217}
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
 
 
@@ -74,7 +75,8 @@ def _minimal_root(cfg, uid, gid):
             os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
             open(dst, "w").close()
         mount(path, dst, None, MS_BIND | MS_REC)
-        keep = os.statvfs(path).f_flag & (MS_NODEV | MS_NOEXEC | 1024 | 2048 | 4096)  # locked flags stay
+        flags = os.statvfs(path).f_flag  # ST_* bits; flags locked by a user namespace must be kept
+        keep = (flags & (MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)) | (MS_RELATIME if flags & 4096 else 0)
         mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | keep)
     os.mkdir(root + "/dev", 0o755)
     for dev in ("null", "zero", "full", "random", "urandom"):
