@@ -277,6 +277,9 @@ def test_fallback_without_os_isolation_still_guards(monkeypatch, canary, listene
         iso = sandbox.isolation(refresh=True)
         assert iso.prefix == () and not iso.own_uid and "netns" not in iso.description
         assert run_program(problem("pass")).status == "passed"
+        privs = run_program(problem(HOSTILE_AMONG_OTHERS["no_new_privs_and_no_capabilities"][0]
+                                    .replace("assert int(status['Uid'].split()[0]) != 0", "")), guard=False)
+        assert privs.status == "passed", privs  # even a plain process: no capabilities, no_new_privs
         port = listener.getsockname()[1]
         for body in (f"import os\nos.remove({str(canary)!r})", f"import socket\nsocket.create_connection(('127.0.0.1', {port}))",
                      "import os\nos.fork()", f"import os\nos.kill({os.getpid()}, 9)"):

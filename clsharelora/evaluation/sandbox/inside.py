@@ -101,14 +101,34 @@ def _minimal_root(cfg, uid, gid):
     os.chdir("/sandbox")
 
 
-def _drop_privileges(uid, gid):
-    ctypes, libc = _libc()
-    for cap in range(64):  # empty the bounding set: nothing exec-ed later can regain a capability
+def _empty_bounding_set(ctypes, libc):
+    for cap in range(64):  # nothing exec-ed later can regain a capability
         if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
             break
+
+
+def _drop_privileges(uid, gid):
+    ctypes, libc = _libc()
+    _empty_bounding_set(ctypes, libc)
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)  # from root to non-root: permitted and effective capabilities are cleared
+
+
+def _drop_capabilities():
+    """Where the program keeps its uid (root of its own user namespace, or a plain process): no capabilities
+    at all, so it cannot undo the minimal root (umount, mount) or use root's privileges."""
+    ctypes, libc = _libc()
+    _empty_bounding_set(ctypes, libc)
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3, this process, all zero
+    _check(libc.capset(ctypes.byref(header), data), "capset")
 
 
 def _no_new_privs():
@@ -183,6 +203,8 @@ def _bootstrap():
         _minimal_root(cfg, uid, gid)
     if uid is not None:
         _drop_privileges(uid, gid)
+    else:
+        _drop_capabilities()
     _no_new_privs()
     _limits(cfg)
     os.write(fd, b"S")
