@@ -356,7 +356,8 @@ class Outside:
     def fmt(self, **extra) -> dict:
         return dict(canary=str(self.dir / "canary.txt"), secret=str(self.dir / "secret.txt"),
                     open=str(self.dir / "open.txt"), drop=str(self.dir / "drop"), dir=str(self.dir),
-                    sock=self.sock_path, abstract=self.abstract, port=self.port, harness=os.getpid(), **extra)
+                    sock=self.sock_path, abstract=self.abstract, port=self.port, harness=os.getpid(),
+                    repo=str(Path(__file__).resolve().parents[1]), **extra)
 
     def assert_untouched(self):
         assert self.snapshot() == self.before
@@ -509,7 +510,7 @@ try:
 except OSError:
     pass""", "passed", {}),
     "host_filesystem_hidden": ("""import os
-seen = [p for p in ('{dir}', '/work', '/run', '/var', '/home', '/dev/shm', '/etc/passwd', '/root/.bashrc',
+seen = [p for p in ('{dir}', '{repo}', '/run', '/var', '/home', '/dev/shm', '/etc/passwd', '/root/.bashrc',
                     '/sys/fs/cgroup') if os.path.exists(p)]
 assert not seen and os.listdir('/tmp') == [], (seen, os.listdir('/tmp'))""", "passed", {}),
     # resources of all the program's processes together
