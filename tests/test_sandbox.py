@@ -688,3 +688,34 @@ def test_cgroup_limits_all_processes_together():
     assert res.status == "failed" and "memory limit" in res.reason, res
     small = run_program(problem(body.replace("48 *", "4 *")), guard=False, memory_mb=128, timeout=10)
     assert small.status == "passed", small
+
+
+def test_cgroup_v2_only_where_memory_and_pids_are_delegated(tmp_path, monkeypatch):
+    """This machine is cgroup v1, so the v2 path is checked on a directory laid out like cgroupfs: limits go
+    to memory.max / memory.swap.max / pids.max of a child of the harness' own cgroup, and nothing is used
+    (or re-configured) where the harness' cgroup does not already delegate memory and pids."""
+    from clsharelora.evaluation.sandbox import cgroups
+
+    own = tmp_path / "user.slice" / "harness"
+    own.mkdir(parents=True)
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (own / "cgroup.subtree_control").write_text("cpu\n")
+    monkeypatch.setattr(cgroups, "ROOT", str(tmp_path))
+    monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/user.slice/harness"})
+    with pytest.raises(OSError, match="v2"):
+        cgroups.ProgramCgroup.create("v2", 256 * 2**20, 16)
+    assert (own / "cgroup.subtree_control").read_text() == "cpu\n" and len(list(own.iterdir())) == 1
+
+    (own / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    real_mkdir = os.mkdir
+
+    def mkdir_with_swap(path, mode=0o777):  # cgroupfs creates the interface files itself
+        real_mkdir(path, mode)
+        Path(path, "memory.swap.max").write_text("max\n")
+
+    monkeypatch.setattr(cgroups.os, "mkdir", mkdir_with_swap)
+    cg = cgroups.ProgramCgroup.create("v2", 256 * 2**20, 16)
+    d = Path(cg.dirs[0])
+    assert d.parent == own and cg.procs == (str(d / "cgroup.procs"),)
+    assert (d / "memory.max").read_text() == str(256 * 2**20) and (d / "pids.max").read_text() == "16"
+    assert (d / "memory.swap.max").read_text() == "0"
