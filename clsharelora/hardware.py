@@ -198,13 +198,13 @@ _applied: ThreadChoice | None = None
 def apply_cpu_threads() -> ThreadChoice:
     """Apply the choice once per process, at start-up: exported as OMP_NUM_THREADS/MKL_NUM_THREADS (so the
     OpenMP pool is sized right when torch loads, and subprocesses inherit it), and set in torch if it is
-    already imported. A user's OMP_NUM_THREADS is left to the OpenMP runtime."""
+    already imported (also a user's OMP_NUM_THREADS, which the OpenMP runtime only reads when it loads)."""
     global _applied
     choice = choose_cpu_threads()
     if choice.source != "OMP_NUM_THREADS":
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ[CHOSEN_ENV] = str(choice.threads)
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(choice.threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(choice.threads)
     _applied = choice
     return choice
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,37 @@ def test_bf16_request_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(cpu_witho
     assert precision["eval.autocast"] == {"requested": True, "used": False, "fallback": "fp32"}
     env = json.loads((tmp_path / "asked_bf16/environment.json").read_text())
     assert env["cpu"]["threads"]["threads"] >= 1 and env["cpu"]["capability"]
+
+
+# ------------------------------------------------------------------------------------------- bench
+def test_neighbour_is_a_busy_process_and_is_stopped():
+    from bench.neighbour import neighbour
+
+    with neighbour() as proc:
+        assert proc.poll() is None
+        time.sleep(0.3)
+        utime = int(Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[11])
+        assert utime > 0                                           # it burns CPU (clock ticks in user mode)
+    assert proc.poll() is not None
+
+
+def test_bench_figures_carry_the_cpu_and_the_thread_choice(tmp_path, capsys):
+    from bench import run as bench_run
+
+    assert bench_run.main(["--quick", "--only", "neighbour,meta", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    capability = torch.backends.cpu.get_cpu_capability()
+    line = hardware.machine_line()
+    assert capability in line and hardware.cpu_facts()["cpu"] in line
+    assert printed.count(line) == 3                                # under both tables and the summary
+    for part in ("neighbour", "meta"):
+        machine = json.loads((tmp_path / f"{part}.json").read_text())["machine"]
+        assert machine["cpu_capability"] == capability and machine["threads"]["threads"] >= 1
+        assert machine["bf16_native"] == hardware.cpu_facts()["bf16_native"]
+    res = json.loads((tmp_path / "neighbour.json").read_text())["result"]
+    assert res["thread_choice"]["threads"] == res["thread_choice"]["torch_threads"] == res["rows"][0]["threads"]
+    assert [r["chosen"] for r in res["rows"]][0] is True
+    for row in res["rows"]:
+        assert row["ratio"] == pytest.approx(row["loaded_step"]["median"] / row["lone_step"]["median"])
+    summary = json.loads((tmp_path / "summary-neighbour-meta.json").read_text())
+    assert summary["machine_line"] == line and "demo step beside a busy core" in printed
