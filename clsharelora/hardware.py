@@ -4,8 +4,8 @@ runs natively on it.
 Threads: torch sizes its OpenMP pool from the machine's core count (c10's `defaultNumThreads`: cpuinfo's
 physical cores), which ignores the affinity mask and the cgroup CPU quota that containers and batch
 schedulers use to limit a job. A pool wider than the CPU the job may use makes every parallel region wait
-for descheduled threads. So the count comes from min(affinity mask, floor(cgroup quota)); an explicit
-OMP_NUM_THREADS wins.
+for descheduled threads. So the count comes from min(affinity mask, floor(cgroup quota)), divided among the
+processes of a multi-process launch on this machine (LOCAL_WORLD_SIZE); an explicit OMP_NUM_THREADS wins.
 
 bf16: on a CPU without bf16 instructions (AVX2-only x86: no avx512_bf16 / amx_bf16) torch's bf16 GEMM
 does not reach oneDNN and runs ~100x slower than fp32, so a bf16 autocast request on such a CPU falls
@@ -165,8 +165,8 @@ def affinity_cpus() -> int:
 
 def choose_cpu_threads(env: Mapping[str, str] | None = None, root: str | Path = "/",
                        affinity: int | None = None) -> ThreadChoice:
-    """Threads for torch/OpenMP: OMP_NUM_THREADS when the user set it, else min(affinity, floor(quota)), at
-    least 1. `root`/`affinity` exist so tests can hand in a fake /proc and /sys tree."""
+    """Threads for torch/OpenMP: OMP_NUM_THREADS when the user set it, else min(affinity, floor(quota)) //
+    LOCAL_WORLD_SIZE, at least 1. `root`/`affinity` exist so tests can hand in a fake /proc and /sys tree."""
     env = os.environ if env is None else env
     affinity = affinity_cpus() if affinity is None else affinity
     limit = cgroup_cpu_limit(root)
@@ -180,12 +180,17 @@ def choose_cpu_threads(env: Mapping[str, str] | None = None, root: str | Path = 
         return ThreadChoice(int(first), "OMP_NUM_THREADS", f"OMP_NUM_THREADS={user} set by the user "
                             f"(affinity {affinity} CPUs, cgroup quota {_fmt_quota(limit)})", affinity, quota)
     if limit and math.floor(limit.cpus) < affinity:
-        threads = max(1, math.floor(limit.cpus))
-        return ThreadChoice(threads, "cgroup quota", f"cgroup CPU quota {limit.quota_us}/{limit.period_us} us "
-                            f"= {limit.cpus:g} CPUs ({limit.source}) below the affinity mask's {affinity} CPUs",
-                            affinity, quota)
-    return ThreadChoice(affinity, "affinity", f"affinity mask allows {affinity} CPUs; cgroup quota "
-                        f"{_fmt_quota(limit)}", affinity, quota)
+        cpus, source = max(1, math.floor(limit.cpus)), "cgroup quota"
+        reason = (f"cgroup CPU quota {limit.quota_us}/{limit.period_us} us = {limit.cpus:g} CPUs ({limit.source}) "
+                  f"below the affinity mask's {affinity} CPUs")
+    else:
+        cpus, source = affinity, "affinity"
+        reason = f"affinity mask allows {affinity} CPUs; cgroup quota {_fmt_quota(limit)}"
+    local = env.get("LOCAL_WORLD_SIZE", "1")      # torchrun / accelerate: processes sharing this machine
+    if local.isdigit() and int(local) > 1:
+        return ThreadChoice(max(1, cpus // int(local)), source, f"{reason}, shared by LOCAL_WORLD_SIZE={local} "
+                            f"processes", affinity, quota)
+    return ThreadChoice(cpus, source, reason, affinity, quota)
 
 
 def _fmt_quota(limit: CpuLimit | None) -> str:

@@ -150,6 +150,14 @@ def test_container_mount_root_and_hybrid_layout(tmp_path):
     assert limit.cpus == 1.0 and "cgroup v1" in limit.source
 
 
+def test_processes_on_one_machine_share_it(tmp_path):
+    root = fake_v2(tmp_path, "600000 100000")
+    choice = hardware.choose_cpu_threads(env={"LOCAL_WORLD_SIZE": "4"}, root=root, affinity=16)
+    assert choice.threads == 1 and "LOCAL_WORLD_SIZE=4" in choice.reason       # floor(6 / 4)
+    assert hardware.choose_cpu_threads(env={"LOCAL_WORLD_SIZE": "8"}, root=root, affinity=16).threads == 1
+    assert hardware.choose_cpu_threads(env={"LOCAL_WORLD_SIZE": "2"}, root=root, affinity=16).threads == 3
+
+
 def test_escaped_mount_point(tmp_path):
     root = fake_v2(tmp_path, "100000 100000", point="/sys/fs/cgroup v2")
     info = (root / "proc/self/mountinfo").read_text().replace("cgroup v2", "cgroup\\040v2")
