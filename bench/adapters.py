@@ -1,7 +1,7 @@
 """Part 1: LoRA vs ShareA / ShareB / ShareAB on the same batches: trainable parameters, optimizer-state
 bytes, peak memory and step time, with ratios to LoRA.
 
-The step is the bare loop every adapter sees (forward under bf16 autocast, token-mean loss, backward,
+The step is the bare loop every adapter sees (forward under bf16 autocast, fp32 on a CPU without native bf16, token-mean loss, backward,
 clip to norm 1, AdamW step): what differs between variants is only the adapter. Step times are taken in
 interleaved rounds in one process (drift cancels, see timing.py); peak memory comes from a fresh
 subprocess per variant (`measure_config`), which also serves the scaling sweep.
@@ -74,8 +74,20 @@ def make_batches(model_name: str, *, batch: int, seq: int, n_batches: int = 2, s
             for b in ids]
 
 
+#: the name the bench's bf16 request goes by in the fallback warning (clsharelora.hardware.bf16_for)
+BF16_SETTING = "bench bf16 autocast"
+
+
+def bf16_used(device: torch.device | str, requested: bool = True) -> bool:
+    """bf16 autocast as requested, except fp32 on a CPU without native bf16 (one warning line)."""
+    from clsharelora.hardware import bf16_for
+
+    return bf16_for(device, requested, BF16_SETTING)
+
+
 def autocast(device: torch.device | str, enabled: bool = True):
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=bf16_used(device, enabled))
 
 
 def train_step(model, optimizer, batch: dict[str, torch.Tensor], *, bf16: bool = True,
@@ -144,7 +156,8 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
     from clsharelora.adapters.counting import count_trainable, optimizer_state_bytes
 
     dev = pick_device(device)
-    log(f"[adapters] {model_name} on {dev}: batch {batch} x {seq} tokens, r={r}, bf16 autocast, "
+    log(f"[adapters] {model_name} on {dev}: batch {batch} x {seq} tokens, r={r}, "
+        f"{'bf16 autocast' if bf16_used(dev) else 'fp32'}, "
         f"{warmup} warm-up + {reps} interleaved rounds")
     batches = make_batches(model_name, batch=batch, seq=seq, device=dev)
     built = {v: build(model_name, v, r, dev) for v in VARIANTS}
@@ -192,7 +205,8 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         if v != "lora":
             row["step_target_met"] = row["step_ratio_paired"]["median"] <= STEP_TARGET
             row["state_proportional"] = abs(row["state_bytes_per_param"] / state_per_param_lora - 1) <= STATE_TOLERANCE
-    result = {"model": model_name, "device": str(dev), "r": r, "batch": batch, "seq": seq, "bf16_autocast": True,
+    result = {"model": model_name, "device": str(dev), "r": r, "batch": batch, "seq": seq,
+              "bf16_autocast": bf16_used(dev),
               "warmup": warmup, "reps": reps, "variants": rows,
               "targets": {"step_ratio_max": STEP_TARGET, "state_bytes_per_param_tolerance": STATE_TOLERANCE},
               "peak_memory_note": ("fresh subprocess per variant; " if isolate else "NOT isolated (smoke); ") + (

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .adapters import build, make_batches, pick_device
+from .adapters import autocast, bf16_used, build, make_batches, pick_device
 from .timing import summarize, synchronize
 
 TARGET = 1.05   # strategy step <= 1.05 x bare loop step (issue #8)
@@ -29,11 +29,11 @@ def _dataset(batches: list[dict[str, torch.Tensor]]):
     return TokenizedPairs([{"input_ids": r, "labels": list(r)} for r in rows], [str(i) for i in range(len(rows))])
 
 
-def _train_config(batch: int, steps: int):
+def _train_config(batch: int, steps: int, device):
     from clsharelora.config import TrainConfig
 
-    return TrainConfig(lr=1e-4, batch_size=batch, grad_accum=1, max_steps=steps, bf16=True, max_grad_norm=1.0,
-                       warmup_ratio=0.03, schedule="cosine")
+    return TrainConfig(lr=1e-4, batch_size=batch, grad_accum=1, max_steps=steps, bf16=bf16_used(device),
+                       max_grad_norm=1.0, warmup_ratio=0.03, schedule="cosine")
 
 
 def strategy_block(model, dataset, pad: int, batch: int, steps: int, device) -> tuple[list[float], float]:
@@ -56,7 +56,7 @@ def strategy_block(model, dataset, pad: int, batch: int, steps: int, device) -> 
 
     clock = StepClock()
     bench = benchmark_from_datasets(train=[AvalancheDataset([dataset], collate_fn=PadCollator(pad))])
-    strategy = CausalLMTemplate(model=model, train_config=_train_config(batch, steps), plugins=[clock],
+    strategy = CausalLMTemplate(model=model, train_config=_train_config(batch, steps, device), plugins=[clock],
                                 progress=False, device=device)
     synchronize(device)
     start = time.perf_counter()
@@ -73,7 +73,7 @@ def bare_block(model, dataset, pad: int, batch: int, steps: int, device) -> tupl
     from clsharelora.benchmarks.tokenized import PadCollator
     from clsharelora.training.template import trainable_parameters
 
-    cfg = _train_config(batch, steps)
+    cfg = _train_config(batch, steps, device)
     synchronize(device)
     start = time.perf_counter()
     params = trainable_parameters(model)
@@ -88,7 +88,7 @@ def bare_block(model, dataset, pad: int, batch: int, steps: int, device) -> tupl
         for b in loader:
             b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            with autocast(device):
                 loss = model(**b).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -136,7 +136,7 @@ def run(*, model_name: str, r: int, batch: int, seq: int, reps: int, steps_per_b
     ratio = summarize(block_ratios)["median"]
     amortised = summarize(walls["strategy"])["median"] / summarize(walls["bare"])["median"]
     return {"model": model_name, "device": str(dev), "adapter": f"lora r={r}", "batch": batch, "seq": seq,
-            "bf16_autocast": True, "steps_per_block": steps_per_block, "blocks": blocks,
+            "bf16_autocast": bf16_used(dev), "steps_per_block": steps_per_block, "blocks": blocks,
             "strategy_step": strategy, "bare_step": bare, "ratio": ratio, "block_ratios": block_ratios,
             "unpaired_ratio": strategy["median"] / bare["median"],
             "strategy_amortised_step": summarize(walls["strategy"]), "bare_amortised_step": summarize(walls["bare"]),

@@ -1,7 +1,10 @@
 """`make bench` / `clsharelora bench`: every measurement of issue #8 in one run, tables printed, JSON written.
 
 Parts (--only): adapters (LoRA vs ShareA/B/AB cost), overhead (our Avalanche strategy vs a bare loop), eval
-(items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables).
+(items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables),
+neighbour (the demo's step beside a one-core busy loop, as a ratio to the lone step).
+Every table and JSON carries the CPU model, torch's CPU capability, native bf16 and the thread choice, so
+figures from different machines are never read as one machine's.
 `--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
 """
 
@@ -21,7 +24,7 @@ from clsharelora.errors import UserError
 
 from .timing import PROJECT_ROOT, fmt_stats
 
-PARTS = ("adapters", "overhead", "eval", "scaling", "meta")
+PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour")
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -30,12 +33,14 @@ FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             overhead_batch=4, overhead_seq=128, overhead_steps_per_block=6, overhead_reps=15,
             mmlu_n=16, mmlu_shots=5, gsm8k_n=8, gsm8k_shots=8, max_new_tokens=32, eval_batch=8, eval_reps=2,
             scaling_batch=1, scaling_seqs=(128, 256, 512), scaling_ranks=(8, 16, 64), scaling_warmup=1,
-            scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True)
+            scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True,
+            neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
              overhead_reps=1,
              overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, max_new_tokens=4,
              eval_batch=2, eval_reps=1, scaling_seqs=(16,), scaling_ranks=(4,), scaling_warmup=0,
-             scaling_reps=1, meta_models=("llama2-7b",), meta_ranks=(8,), isolate=False)
+             scaling_reps=1, meta_models=("llama2-7b",), meta_ranks=(8,), isolate=False,
+             neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -85,20 +90,18 @@ def settings(args) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers ran on: CPU model, cores, threads, accelerator, library versions, load."""
+    """What the numbers ran on: CPU model, torch's CPU capability, native bf16, cores, the thread choice,
+    accelerator, library versions, load."""
     import importlib.metadata as md
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    from clsharelora.hardware import cpu_record
+
+    cpu = cpu_record()
+    info = {"cpu": cpu["cpu"], "cpu_capability": cpu["capability"], "bf16_native": cpu["bf16_native"],
+            "bf16_reason": cpu["bf16_reason"], "threads": cpu["threads"],
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -112,9 +115,13 @@ def machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- tables
+def _precision(res: dict) -> str:
+    return "bf16 autocast" if res.get("bf16_autocast") else "fp32"
+
+
 def table_adapters(res: dict) -> list[str]:
     lines = [f"ShareLoRA vs LoRA: {res['model']} on {res['device']}, batch {res['batch']} x {res['seq']} tokens, "
-             f"r={res['r']}, bf16 autocast; step = median [IQR] of {res['reps']} interleaved rounds",
+             f"r={res['r']}, {_precision(res)}; step = median [IQR] of {res['reps']} interleaved rounds",
              f"{'variant':9s} {'trainable':>11s} {'xLoRA':>6s} {'Adam state':>11s} {'xLoRA':>6s} "
              f"{'B/param':>7s} {'peak mem':>9s} {'xLoRA':>6s} {'step time':>24s} {'xLoRA paired [IQR]':>21s}  target"]
     for v, x in res["variants"].items():
@@ -133,7 +140,7 @@ def table_adapters(res: dict) -> list[str]:
 
 def table_overhead(res: dict) -> list[str]:
     return [f"Framework overhead: {res['model']} {res['adapter']} on {res['device']}, batch {res['batch']} x "
-            f"{res['seq']}, bf16 autocast, {res['blocks']} alternating blocks of {res['steps_per_block']} steps",
+            f"{res['seq']}, {_precision(res)}, {res['blocks']} alternating blocks of {res['steps_per_block']} steps",
             f"  CausalLMTemplate step: {fmt_stats(res['strategy_step'])}",
             f"  bare transformers+peft: {fmt_stats(res['bare_step'])}",
             f"  ratio {res['ratio']:.3f}x, median of per-block paired ratios "
@@ -169,7 +176,7 @@ def table_eval(res: dict) -> list[str]:
 
 
 def table_scaling(res: dict) -> list[str]:
-    lines = [f"Scaling: {res['model']} on {res['device']}, batch {res['batch']}, bf16 autocast, "
+    lines = [f"Scaling: {res['model']} on {res['device']}, batch {res['batch']}, {_precision(res)}, "
              f"median [range] of {res['reps']} steps after {res['warmup']} warm-up, fresh process per row",
              f"{'variant':9s} {'seq':>5s} {'r':>4s} {'trainable':>11s} {'step time':>24s} {'tokens/s':>9s} "
              f"{'peak mem':>9s} {'Adam state':>11s}"]
@@ -196,8 +203,21 @@ def table_meta(res: dict) -> list[str]:
     return lines
 
 
+def table_neighbour(res: dict) -> list[str]:
+    choice = res["thread_choice"]
+    lines = [f"Neighbour load: the demo's step ({res['model']} {res['adapter']} on {res['device']}, batch "
+             f"{res['batch']} x {res['seq']}, {_precision(res)}) alone and beside {res['neighbour']}; "
+             f"{res['blocks']} alternating block pairs of {res['steps_per_block']} steps",
+             f"  thread choice: {choice['threads']} ({choice['source']}: {choice['reason']})"]
+    for x in res["rows"]:
+        lines.append(f"  {x['threads']:2d} thread(s){' (chosen)' if x['chosen'] else '         '}: lone "
+                     f"{fmt_stats(x['lone_step'])}, beside the neighbour {fmt_stats(x['loaded_step'])}; "
+                     f"ratio {x['ratio']:.2f}x")
+    return lines
+
+
 TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
-          "meta": table_meta}
+          "meta": table_meta, "neighbour": table_neighbour}
 
 
 def ratio_table(results: dict[str, dict]) -> list[str]:
@@ -229,6 +249,10 @@ def ratio_table(results: dict[str, dict]) -> list[str]:
         if "identical_accuracy" in e["mmlu"]:
             add("MMLU accuracy ours - lm-eval", e["mmlu"]["ours_accuracy"] - e["mmlu"]["lm_eval_accuracy"], "= 0",
                 e["mmlu"]["identical_accuracy"])
+    if "neighbour" in results:
+        for x in results["neighbour"]["rows"]:
+            lines.append(f"{'demo step beside a busy core / lone, ' + str(x['threads']) + ' thr':44s} "
+                         f"{x['ratio']:9.3f} {'-':>9s}  (measured{', chosen' if x['chosen'] else ''})")
     if "meta" in results:
         ok = all(x["closed_form_ok"] for x in results["meta"]["rows"])
         lines.append(f"{'meta-device counts = closed form':44s} {'all' if ok else 'NOT all':>9s} {'all':>9s}  "
@@ -266,6 +290,12 @@ def run_part(part: str, s: dict, args, log) -> dict:
                            else s["scaling_seqs"][len(s["scaling_seqs"]) // 2],
                            base_rank=s["scaling_ranks"][0], batch=s["scaling_batch"], warmup=s["scaling_warmup"],
                            reps=s["scaling_reps"], device=args.device, isolate=s["isolate"], log=log)
+    if part == "neighbour":
+        from . import neighbour
+
+        return neighbour.run(model_name=s["model"], batch=s["neighbour_batch"], seq=s["neighbour_seq"],
+                             warmup=s["neighbour_warmup"], steps=s["neighbour_steps"], blocks=s["neighbour_blocks"],
+                             device=args.device, log=log)
     from . import meta_table
 
     return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)
@@ -279,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not parts:
             raise UserError(f"--only: unknown part(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(PARTS)}")
         s = settings(args)
+        if args.threads is None:
+            from clsharelora.hardware import apply_cpu_threads
+
+            apply_cpu_threads()   # affinity mask and cgroup quota (an explicit OMP_NUM_THREADS wins)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
     except UserError as exc:
@@ -301,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     from .timing import quiet
 
+    from clsharelora.hardware import machine_line
+
     info = machine()
+    line = machine_line()
     log(f"bench: {info['cpu']} ({info['cpu_count']} cpus, torch {info['torch']}, {info['torch_threads']} threads"
         f"{', ' + info['cuda'] if info['cuda'] else ''}); load average {info['load_average']}"
         f"{'; QUICK smoke: numbers are meaningless' if args.quick else ''}")
@@ -315,14 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"part": part, "quick": args.quick, "machine": machine(), "settings": s,
                    "wall_seconds": seconds[part], "result": results[part]}
         (out / f"{part}.json").write_text(json.dumps(payload, indent=1, default=list) + "\n")
-        print("\n".join(["", *TABLES[part](results[part])]), flush=True)
+        print("\n".join(["", *TABLES[part](results[part]), line]), flush=True)
     summary = ratio_table(results)
     # a partial run (--only) gets its own summary file, so it does not overwrite the summary of other parts
     name = "summary.json" if parts == list(PARTS) else f"summary-{'-'.join(parts)}.json"
     (out / name).write_text(json.dumps(
-        {"quick": args.quick, "machine": info, "machine_at_end": machine(), "settings": s, "wall_seconds": seconds,
+        {"quick": args.quick, "machine": info, "machine_line": line, "machine_at_end": machine(), "settings": s, "wall_seconds": seconds,
          "parts": parts, "ratio_table": summary}, indent=1, default=list) + "\n")
-    print("\n".join(["", *summary]), flush=True)
+    print("\n".join(["", *summary, line]), flush=True)
     log(f"bench: {sum(seconds.values()):.0f} s in all; JSON in {out}")
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from .adapters import measure_config, pick_device
+from .adapters import bf16_used, measure_config, pick_device
 from .timing import run_isolated
 
 
@@ -38,7 +38,7 @@ def run(*, model_name: str, variants: Sequence[str], seqs: Sequence[int], ranks:
             rows.append(row)
             log(f"[scaling] {variant:8s} seq {seq:4d} r {r:3d}: step {row['step_time']['median']:.3f} s, "
                 f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB ({time.perf_counter() - t0:.0f} s)")
-    return {"model": model_name, "device": str(dev), "batch": batch, "bf16_autocast": True, "warmup": warmup,
+    return {"model": model_name, "device": str(dev), "batch": batch, "bf16_autocast": bf16_used(dev), "warmup": warmup,
             "reps": reps, "base_seq": base_seq, "base_rank": base_rank, "rows": rows,
             "peak_memory_note": ("fresh subprocess per point; " if isolate else "NOT isolated (smoke); ") + (
                 "CUDA max_memory_allocated" if dev.type == "cuda" else

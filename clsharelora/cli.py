@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .hardware import apply_cpu_threads
+
+        apply_cpu_threads()  # before torch loads: threads that fit the affinity mask and cgroup CPU quota
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "compare":

@@ -11,6 +11,8 @@ import torch
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# the suite's thread count is an explicit setting, so the CLI's own choice (clsharelora.hardware) keeps it
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 TINY_STREAM = """\
 name: tiny

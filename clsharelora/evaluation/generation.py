@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from .. import hardware
 from ..errors import ConfigError
 
 #: bf16 autocast default for evaluation (set from a measurement on the project's CPU: see docs/evaluation.md).
@@ -35,9 +36,10 @@ def eval_context(model, *, autocast: bool = False) -> Iterator[None]:
     model's device; the model's previous training flag is restored on exit, even after an error."""
     was_training = model.training
     model.eval()
-    device_type = model_device(model).type
+    device = model_device(model)
+    autocast = hardware.bf16_for(device, autocast, "eval.autocast")  # fp32 on a CPU without native bf16
     try:
-        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             yield
     finally:
         model.train(was_training)

@@ -25,6 +25,7 @@ class ResultsStore:
         self.experiences = list(experiences)
         self.rows: list[list[dict[str, Any]]] = []
         self.cost: dict[str, Any] = {}
+        self.precision: dict[str, Any] = {}   # bf16 settings as requested and as used (CPU fallback to fp32)
 
     @property
     def done(self) -> int:
@@ -60,7 +61,8 @@ class ResultsStore:
             "complete": self.complete,
             "matrices": {score: self.matrix(score).tolist() for score in SCORES} if self.rows else
                         {score: [] for score in SCORES},
-            "metrics": _jsonable(self.metrics()), "cost": self.cost, "scores": self.rows,
+            "metrics": _jsonable(self.metrics()), "cost": self.cost,
+            "precision": self.precision, "scores": self.rows,
         }
 
     def write(self, run_dir: str | Path) -> None:
@@ -77,6 +79,7 @@ class ResultsStore:
         store = cls(data["run"], data["tasks"], data["experiences"])
         store.rows = [list(r) for r in data.get("scores", [])]
         store.cost = dict(data.get("cost", {}))
+        store.precision = dict(data.get("precision", {}))
         return store
 
     @classmethod

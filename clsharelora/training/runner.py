@@ -24,7 +24,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from .. import atomic, models, registry
+from .. import atomic, hardware, models, registry
 from ..benchmarks.scenario import make_benchmark
 from ..benchmarks.stream import Stream, load_stream
 from ..config import RunConfig
@@ -82,7 +82,8 @@ def environment() -> dict:
         commit, dirty = None, None
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
             "git_commit": commit, "git_dirty": dirty, "torch_threads": torch.get_num_threads(),
-            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "cpu": hardware.cpu_record()}
 
 
 def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
@@ -244,6 +245,8 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     dist = Dist.from_environment(cfg.device) if cfg.device in ("auto", "cpu") else Dist.single(cfg.device)
     device = dist.device
     run_dir = prep.run_dir
+    # bf16 asked for on a CPU without native bf16 runs in fp32: warned here, recorded in results.json
+    precision = hardware.precision_record(device, {"train.bf16": cfg.train.bf16, "eval.autocast": cfg.eval.autocast})
 
     # Data next (missing/corrupt files fail here), still before anything is written or any weight is loaded.
     tokenizer = models.load_tokenizer(cfg.model)
@@ -270,6 +273,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
              "cl_options": prep.cl.options},
         tasks=prep.stream.tasks, experiences=[e.name for e in prep.stream.experiences])
     store.cost.update(_param_costs(prep, model))
+    store.precision = precision
 
     cl_plugins = prep.cl.plugins(CLContext(seed=cfg.seed, datasets=[e.dataset for e in benchmark.train_stream],
                                            dist=dist))

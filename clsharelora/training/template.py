@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .. import hardware
 from ..config import TrainConfig
 from .distributed import Dist
 from ..benchmarks.tokenized import IGNORE_INDEX
@@ -120,7 +121,7 @@ class CausalLMTemplate(SupervisedTemplate):
 
     # ------------------------------------------------------ forward / loss
     def _autocast(self):
-        if not self.cfg.bf16:
+        if not hardware.bf16_for(self.device, self.cfg.bf16, "train.bf16"):  # fp32 on a CPU without bf16
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
