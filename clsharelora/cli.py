@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="plots, tables and report.md/.html from run directories")
     report.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR... --out DIR (see clsharelora report -h)")
 
-    sub.add_parser("list", help="known models, strategies, streams and tasks")
+    lst = sub.add_parser("list", help="known models, strategies, streams and tasks")
+    lst.add_argument("--verbose", "-v", action="store_true",
+                     help="also every strategy's options with defaults and help (imports the plug-ins)")
 
     bench = sub.add_parser("bench", help="benchmarks (make bench)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -97,11 +99,23 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
 
 def _switch(block, name: str, kind: str) -> dict:
     """Select strategy `name`, keeping the options of the config's block that it also understands
-    (so `compare --strategies lora,sharelora` gives both the config's r, alpha and targets)."""
-    from . import registry
+    (so `compare --strategies lora,sharelora` gives both the config's r, alpha and targets).
 
+    The one rule for the rest: an option is dropped only when the block names its strategy explicitly and
+    that strategy knows the option (`adapter: {name: sharelora, variant: share_a}` switched to lora drops
+    `variant`); an option that neither strategy knows is an error with a "did you mean", as with --set."""
+    from . import registry
+    from .errors import did_you_mean
+
+    block = _as_block(block)
     known = registry.get(name, kind).defaults
-    return {"name": name, **{k: v for k, v in _as_block(block).items() if k != "name" and k in known}}
+    owner = registry.get(block["name"], kind).defaults if block.get("name") else {}
+    for key in block:
+        if key != "name" and key not in known and key not in owner:
+            where = f"{kind} strategy {block['name']!r}" if block.get("name") else f"{kind} strategy {name!r}"
+            raise UserError(f"unknown option {kind}.{key} for {where}{did_you_mean(key, {**known, **owner})}; "
+                            f"known options: {', '.join(sorted({**known, **owner}))}")
+    return {"name": name, **{k: v for k, v in block.items() if k != "name" and k in known}}
 
 
 def _as_block(value) -> dict:
@@ -168,16 +182,22 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from . import models, registry
-    from .evaluation.base import EVALUATORS
-    from .evaluation import tasks  # noqa: F401
+    """Names come from static reads (plug-in files by `ast`, the task table, the model table): no torch."""
+    from . import registry
+    from .evaluation.tasks import task_names
+    from .models.names import known_models
     from .paths import PROJECT_ROOT
 
-    print("models:     " + ", ".join(models.known_models()) + "  (or any HF id / local path)")
-    print("adapters:   " + ", ".join(registry.known("adapter")))
-    print("cl methods: " + ", ".join(registry.known("cl")))
+    print("models:     " + ", ".join(known_models()) + "  (or any HF id / local path)")
+    print("adapters:   " + ", ".join(registry.listed("adapter")))
+    print("cl methods: " + ", ".join(registry.listed("cl")))
     print("streams:    " + ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "streams").glob("*.yaml"))))
-    print("tasks:      " + ", ".join(sorted(EVALUATORS)))
+    print("tasks:      " + ", ".join(task_names()))
+    if args.verbose:
+        for kind in registry.KINDS:
+            for name in registry.known(kind):
+                print()
+                print(registry.describe_class(registry.get(name, kind)))
     return 0
 
 
