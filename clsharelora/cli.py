@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, help="parent directory; one run directory per strategy")
     compare.add_argument("--resume", action="store_true", help="resume runs that exist, start the others")
 
+    study = sub.add_parser("study", help="a grid of strategies x seeds x task orders, resumable (docs/studies.md)")
+    study.add_argument("--config", required=True, help="study YAML (configs/study-*.yaml)")
+    study.add_argument("--out", help="study directory (default: runs/study-<name>)")
+    study.add_argument("--jobs", type=int, default=1, help="cells run at once; the CPUs are split between them")
+    study.add_argument("--resume", action="store_true", help="continue the study in --out")
+    study.add_argument("--dry-run", action="store_true", help="print the grid and a compute estimate; run nothing")
+    study.add_argument("--flops", type=float, help="sustained FLOP/s assumed by --dry-run's estimate")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     report = sub.add_parser("report", help="plots, tables and report.md/.html from run directories")
     report.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR... --out DIR (see clsharelora report -h)")
 
@@ -181,6 +190,23 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from .study.grid import load_study
+
+    study = load_study(args.config)
+    if args.dry_run:
+        from .study.estimate import estimate
+
+        print(estimate(study, args.flops))
+        return 0
+    from .study.runner import run_study
+
+    out = args.out or str(Path("runs") / f"study-{study.name}")
+    code = run_study(args.config, out, jobs=args.jobs, resume=args.resume, progress=not args.no_progress)
+    print(f"study: {out} (status.tsv; report with `clsharelora report {out} --out reports/{Path(out).name}`)")
+    return code
+
+
 def _cmd_list(args) -> int:
     """Names come from static reads (plug-in files by `ast`, the task table, the model table): no torch."""
     from . import registry
@@ -221,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "study":
+            return _cmd_study(args)
         if args.command == "report":
             from analysis.report import main as report_main
 
