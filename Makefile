@@ -10,6 +10,9 @@ MISTRAL_COMMON := mistral-common==1.13.1
 # GPUs visible to `make stream-llama2` (accelerate starts one process per GPU).
 NGPUS ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
 STRATEGIES ?= lora,sharelora
+# Config of `make stream-llama2`: the project's setup, or configs/llama2-7b-authors.yaml (the authors').
+CONFIG ?= configs/llama2-7b.yaml
+LLAMA_NAME = $(basename $(notdir $(CONFIG)))
 RUNS ?= runs/demo/*
 OUT ?= reports/demo
 
@@ -41,14 +44,16 @@ demo: install
 	$(CLI) report runs/demo/* --out reports/demo --title "LoRA vs ShareLoRA, demo stream, SmolLM2-135M"
 
 # The paper stream on Llama-2-7B, LoRA vs ShareLoRA, on every visible GPU. DRY_RUN=1: meta device only.
+# CONFIG=configs/llama2-7b-authors.yaml: the authors' setup (docs/sharelora.md).
 stream-llama2: install
 ifeq ($(DRY_RUN),1)
-	$(CLI) compare --config configs/llama2-7b.yaml --strategies $(STRATEGIES) --out runs/llama2 --dry-run
+	$(CLI) compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) --dry-run
 else
 	$(VENV)/bin/accelerate launch $(if $(filter-out 0 1,$(NGPUS)),--multi_gpu --num_processes $(NGPUS),--num_processes 1) \
 		--num_machines 1 --mixed_precision no --dynamo_backend no \
-		-m clsharelora.cli compare --config configs/llama2-7b.yaml --strategies $(STRATEGIES) --out runs/llama2 --resume
-	$(CLI) report runs/llama2/* --out reports/llama2 --title "LoRA vs ShareLoRA, paper stream, Llama-2-7B"
+		-m clsharelora.cli compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) --resume
+	$(CLI) report runs/$(LLAMA_NAME)/* --out reports/$(LLAMA_NAME) \
+		--title "LoRA vs ShareLoRA, $(LLAMA_NAME)"
 endif
 
 report: install

@@ -35,7 +35,10 @@ DEFINITIONS = (
     "after experience i, row 0 = before training): **ACC** = mean of the last row; **BWT** = mean over "
     "earlier tasks of R[T][i] − R[i][i] (Lopez-Paz & Ranzato 2017); **FWT** = mean over i ≥ 2 of "
     "R[i−1][i] − R[0][i]; **Forgetting** = mean over earlier tasks of best earlier score − final score "
-    "(Chaudhry et al. 2018; for NLL, final − lowest earlier, so positive = worse). For accuracy a negative "
+    "(Chaudhry et al. 2018; for NLL, final − lowest earlier, so positive = worse); **Plasticity** = mean "
+    "over tasks of R[i][i] − R[i−1][i], how much each task was learned by its own experience (for NLL "
+    "R[i−1][i] − R[i][i], so positive = learned for both scores): read forgetting next to it, since an "
+    "adapter that learns less also has less to forget. For accuracy a negative "
     "BWT means forgetting; for NLL (nats/token, lower is better) a positive BWT does. Incomplete runs are "
     "measured only over the experiences they finished (\"so far\"); undefined values show as —. "
     "Seeds: mean ± sample std and a 95% Student-t interval; paired differences are matched by seed."
@@ -169,7 +172,7 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
                 page.heading(3, "Paired differences (matched by seed)")
                 page.para("Positive difference = higher value for the strategy than for the baseline; "
                           "read the sign with the metric (e.g. BWT accuracy: higher is better; "
-                          "forgetting: lower is better).")
+                          "forgetting: lower is better; plasticity: higher is better).")
                 page.table(*tables.differences_cells(summ))
 
     pd.concat(comparisons, ignore_index=True).to_csv(out / "comparison.csv", index=False)

@@ -18,7 +18,7 @@ import pandas as pd
 from .runs import Run, by_strategy, strategy_label
 
 #: metrics with one number per run (avg_acc is a curve, shown in the figures instead)
-METRICS = ("acc", "bwt", "fwt", "forgetting")
+METRICS = ("acc", "bwt", "fwt", "forgetting", "plasticity")
 CONFIDENCE = 0.95
 
 

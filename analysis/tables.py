@@ -14,7 +14,7 @@ from .runs import SCORES, Run, by_strategy
 from .seeds import METRICS
 
 MIB = 2**20
-METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
+METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting", "plasticity": "Plasticity"}
 SCORE_NAMES = {"accuracy": "acc", "nll": "NLL"}
 
 

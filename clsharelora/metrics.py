@@ -9,20 +9,28 @@ The formulas below use 1-based task/experience indices as in the papers; in nump
     BWT        = 1/(T-1) sum_{i=1..T-1} R[T][i] - R[i][i]                       (Lopez-Paz & Ranzato 2017)
     FWT        = 1/(T-1) sum_{i=2..T}   R[i-1][i] - R[0][i]                     (Lopez-Paz & Ranzato 2017)
     forgetting = 1/(T-1) sum_{j=1..T-1} max_{l=1..T-1} R[l][j] - R[T][j]        (Chaudhry et al. 2018)
+    plasticity = 1/T     sum_{i=1..T}   R[i][i] - R[i-1][i]                     (learning when trained)
     avg_acc[k] = 1/k     sum_{j=1..k}   R[k][j]                                 for k = 1..T
 
 Lower-is-better scores (NLL): ACC/BWT/FWT/avg_acc use the same formulas (so a positive NLL BWT means
-forgetting, a negative NLL FWT means positive transfer). Forgetting is the one metric whose *formula*
-depends on the direction (it takes the best earlier score): with ``higher_is_better=False`` it is
+forgetting, a negative NLL FWT means positive transfer). Forgetting's *formula* depends on the
+direction (it takes the best earlier score): with ``higher_is_better=False`` it is
 ``R[T][j] - min_l R[l][j]``, i.e. the formula applied to -R, so that positive forgetting always means
 the task got worse than its best. The literal max-formula on NLL would measure improvement instead.
+Plasticity (how much task i was learned by its own experience: its score right after experience i minus
+right before it; row i-1 is the row before experience i, row 0 the untrained model) is signed the same
+way: with ``higher_is_better=False`` it is ``R[i-1][i] - R[i][i]``, so positive plasticity always means the
+task was learned (NLL went down). It sits beside forgetting because an adapter with fewer trainable
+parameters may "forget less" by "learning less" (Biderman et al. 2024): low forgetting means little next
+to low plasticity.
 
 Partial matrices (k < T experiences done, k+1 rows): every metric is computed "so far", defined as the
 value the metric would have if the stream had stopped after experience k, i.e. over the first k tasks
 (the tasks seen so far) with T replaced by k. Unseen tasks' columns are ignored. With k = 0 (only the
 row before training) nothing is defined and every metric is NaN.
 
-Undefined values are NaN, never 0: BWT, FWT and forgetting need two tasks (T = 1 or k = 1 -> NaN).
+Undefined values are NaN, never 0: BWT, FWT and forgetting need two tasks (T = 1 or k = 1 -> NaN);
+plasticity needs one trained task (k = 0 -> NaN).
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ __all__ = [
     "fwt",
     "forgetting",
     "forgetting_per_task",
+    "plasticity",
+    "plasticity_per_task",
     "average_accuracy",
     "summarize",
 ]
@@ -140,6 +150,29 @@ def forgetting(R: Any, *, higher_is_better: bool = True) -> float:
     return float(defined.mean()) if defined.size else math.nan
 
 
+def plasticity_per_task(R: Any, *, higher_is_better: bool = True) -> np.ndarray:
+    """How much each task was learned when trained: R[i][i] - R[i-1][i] (row i-1 = just before
+    experience i), sign-flipped for lower-is-better scores so positive always means learned.
+
+    Returns an array of length T aligned with the task columns; tasks not trained yet are NaN.
+    """
+    arr = validate_matrix(R)
+    T = arr.shape[1]
+    S, k = _seen(arr)
+    out = np.full(T, np.nan)
+    c = np.arange(k)  # 0-based column of task c+1, trained in experience (row) c+1
+    gain = S[c + 1, c] - S[c, c]
+    out[:k] = gain if higher_is_better else -gain
+    return out
+
+
+def plasticity(R: Any, *, higher_is_better: bool = True) -> float:
+    """Mean plasticity over the tasks trained so far (positive = learned); NaN before any training."""
+    per_task = plasticity_per_task(R, higher_is_better=higher_is_better)
+    defined = per_task[~np.isnan(per_task)]
+    return float(defined.mean()) if defined.size else math.nan
+
+
 def average_accuracy(R: Any) -> np.ndarray:
     """Average score after each experience k = 1..(done): mean of R[k][1..k], the tasks seen so far.
     Length = experiences done (empty for a matrix with only the row before training)."""
@@ -148,12 +181,14 @@ def average_accuracy(R: Any) -> np.ndarray:
 
 
 def summarize(R: Any, *, higher_is_better: bool = True) -> dict[str, Any]:
-    """The ``metrics.<score>`` dict of results.json: {"acc", "bwt", "fwt", "forgetting", "avg_acc"}.
+    """The ``metrics.<score>`` dict of results.json: {"acc", "bwt", "fwt", "forgetting", "plasticity",
+    "avg_acc"}.
 
     A partial matrix (k < T experiences) is NOT an error: its metrics are the "so far" values over the
     first k tasks, as if the stream had ended after experience k (see the module docstring). Undefined
     values are float NaN (T or k = 1: bwt/fwt/forgetting; k = 0: all, with avg_acc = []).
-    Pass ``higher_is_better=False`` for NLL (only forgetting depends on it).
+    Pass ``higher_is_better=False`` for NLL (forgetting and plasticity depend on it: positive forgetting =
+    worse, positive plasticity = learned, for both scores).
     """
     arr = validate_matrix(R)
     return {
@@ -161,5 +196,6 @@ def summarize(R: Any, *, higher_is_better: bool = True) -> dict[str, Any]:
         "bwt": bwt(arr),
         "fwt": fwt(arr),
         "forgetting": forgetting(arr, higher_is_better=higher_is_better),
+        "plasticity": plasticity(arr, higher_is_better=higher_is_better),
         "avg_acc": [float(v) for v in average_accuracy(arr)],
     }

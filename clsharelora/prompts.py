@@ -3,20 +3,26 @@
 Formats follow lm-evaluation-harness so scores are comparable with published numbers:
 
 - gsm8k:    "Question: {q}\\nAnswer:" + " {chain of thought ... #### N}" (lm-eval `gsm8k`); shots joined by
-            "\\n\\n" and followed by "\\n\\n" before the query.
+            "\\n\\n" and followed by "\\n\\n" before the query. Training records loaded with
+            train_prompt="sharelora_cot8" use the ShareLoRA authors' training prompt instead: their 8 CoT
+            exemplars, "\\n\\nQuestion: {q}\\n\\nAnswer: " + the raw answer with "\\n####" -> " The final
+            answer is" (Rain9876/ShareLoRA sharelora/lora_llama3_share.py lines 1136-1145).
 - mmlu:     "The following are multiple choice questions (with answers) about {subject}.\\n\\n" + shots +
             "{q}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:" + " X" (lm-eval `mmlu`, default template).
 - mmlu_pro: letter style = the MMLU format with 3-10 options A-J (lm-eval `leaderboard_mmlu_pro` item format
             under MMLU's description); CoT style = lm-eval `mmlu_pro` ("Question:\\n..\\nOptions:\\nA. ..\\n
             Answer: Let's think step by step." and shots ending in "The answer is (X).").
 - humaneval: the raw code prompt; target = canonical solution.
-- mbpp:     lm-eval's MBPP prompt; target = the reference code.
+- mbpp:     lm-eval's MBPP prompt; target = the reference code. With the loader's shape=humaneval
+            (meta["shape"]), HumanEval's shape instead: the record's signature + docstring prompt; target =
+            the body (data/humaneval_shape.py).
 - codealpaca: the Alpaca instruction/input/response format; target = the output.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import string
 from typing import Iterable, Sequence
 
@@ -39,6 +45,58 @@ MBPP_TEMPLATE = (
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
+
+# The ShareLoRA authors' GSM8K training exemplars, verbatim from Rain9876/ShareLoRA sharelora/few_shot.py
+# (GSM8K_8cot_json, lines 27-60): Wei et al.'s 8 chain-of-thought exemplars ending in "The final answer is N".
+SHARELORA_GSM8K_COT8: tuple[tuple[str, str], ...] = (
+    (
+        'There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they '
+        'are done, there will be 21 trees. How many trees did the grove workers plant today?',
+        'There are 15 trees originally. Then there were 21 trees after some more were planted. So there '
+        'must have been 21 - 15 = 6. The final answer is 6',
+    ),
+    (
+        'If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking '
+        'lot?',
+        'There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The final answer is 5',
+    ),
+    (
+        'Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left '
+        'in total?',
+        'Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After '
+        'eating 35, they had 74 - 35 = 39. The final answer is 39',
+    ),
+    (
+        'Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many '
+        'lollipops did Jason give to Denny?',
+        'Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 '
+        '- 12 = 8. The final answer is 8',
+    ),
+    (
+        'Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys '
+        'does he have now?',
+        'Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys.'
+        ' 5 + 4 = 9. The final answer is 9',
+    ),
+    (
+        'There were nine computers in the server room. Five more computers were installed each day, from '
+        'monday to thursday. How many computers are now in the server room?',
+        'There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = '
+        '20 computers were added. 9 + 20 is 29. The final answer is 29',
+    ),
+    (
+        'Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How '
+        'many golf balls did he have at the end of wednesday?',
+        'Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After '
+        'losing 2 more, he had 35 - 2 = 33 golf balls. The final answer is 33',
+    ),
+    (
+        'Olivia has $23. She bought five bagels for $3 each. How much money does she have left?',
+        'Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - '
+        '15 dollars left. 23 - 15 is 8. The final answer is 8',
+    ),
+)
+SHARELORA_GSM8K_CONTEXT = "\n\n".join(f"Question: {q}\n\nAnswer: {a}" for q, a in SHARELORA_GSM8K_COT8)
 
 BENCHMARKS = ("gsm8k", "mmlu", "mmlu_pro", "humaneval", "mbpp", "codealpaca")
 
@@ -108,6 +166,8 @@ def _check_benchmark(record: Record) -> None:
 def _query(record: Record, cot: bool) -> str:
     """The item alone (no description, no shots, no target)."""
     b = record.benchmark
+    if b == "gsm8k" and record.meta.get("train_prompt") == "sharelora_cot8":
+        return f"{SHARELORA_GSM8K_CONTEXT}\n\nQuestion: {record.question}\n\nAnswer: "
     if b == "gsm8k":
         return f"Question: {record.question}\nAnswer:"
     if b == "mmlu" or (b == "mmlu_pro" and not cot):
@@ -117,7 +177,7 @@ def _query(record: Record, cot: bool) -> str:
     if b == "humaneval":
         return record.question
     if b == "mbpp":
-        return _mbpp_prompt(record)
+        return record.question if record.meta.get("shape") == "humaneval" else _mbpp_prompt(record)
     return _alpaca_prompt(record)
 
 
@@ -131,6 +191,8 @@ def target_for(record: Record) -> str:
         return _letter_target(record)
     if not record.target:
         raise DataError(f"{record.id}: field 'target' is empty")
+    if record.benchmark == "gsm8k" and record.meta.get("train_prompt") == "sharelora_cot8":
+        return re.sub(r"\n####", " The final answer is", str(record.meta["raw_answer"]))
     if record.benchmark == "gsm8k":
         return " " + record.target.strip()
     return record.target

@@ -36,6 +36,7 @@ LORA = [
 # BWT = ((0.4-0.8) + (0.6-0.9) + (0.5-0.7)) / 3 = (-0.4-0.3-0.2)/3 = -0.3
 # FWT = ((R1,2-R0,2) + (R2,3-R0,3) + (R3,4-R0,4)) / 3 = (0 + 0 + 0)/3 = 0
 # forgetting = ((0.8-0.4) + (0.9-0.6) + (0.7-0.5)) / 3 = 0.3
+# plasticity = ((0.8-0.1) + (0.9-0.2) + (0.7-0.3) + (0.9-0.4)) / 4 = 2.3/4 = 0.575
 SHARE = [
     [0.10, 0.20, 0.30, 0.40],
     [0.70, 0.30, 0.30, 0.40],
@@ -47,9 +48,10 @@ SHARE = [
 # BWT = ((0.6-0.7) + (0.7-0.8) + (0.65-0.7)) / 3 = -0.25/3 = -0.083333...
 # FWT = ((0.3-0.2) + (0.4-0.3) + (0.5-0.4)) / 3 = 0.1
 # forgetting = ((0.7-0.6) + (0.8-0.7) + (0.7-0.65)) / 3 = 0.25/3 = 0.083333...
+# plasticity = ((0.7-0.1) + (0.8-0.3) + (0.7-0.4) + (0.8-0.5)) / 4 = 1.7/4 = 0.425
 INCOMPLETE = [row[:] for row in LORA[:3]]  # lora+replay stopped after 2 of 4 experiences
 # so far over tasks 1..2: ACC = (0.6+0.9)/2 = 0.75, BWT = 0.6-0.8 = -0.2, FWT = R1,2-R0,2 = 0.2-0.2 = 0,
-# forgetting = 0.8 - 0.6 = 0.2
+# forgetting = 0.8 - 0.6 = 0.2, plasticity = ((0.8-0.1) + (0.9-0.2)) / 2 = 0.7
 
 
 def _nll(acc):
@@ -88,6 +90,9 @@ def test_comparison_table_numbers(run_root):
     assert share["accuracy_bwt"] == pytest.approx(-0.25 / 3)
     assert share["accuracy_fwt"] == pytest.approx(0.1)
     assert share["accuracy_forgetting"] == pytest.approx(0.25 / 3)
+    assert lora["accuracy_plasticity"] == pytest.approx(0.575)
+    assert share["accuracy_plasticity"] == pytest.approx(0.425)
+    assert rep["accuracy_plasticity"] == pytest.approx(0.7)
     assert rep["accuracy_acc"] == pytest.approx(0.75) and rep["accuracy_bwt"] == pytest.approx(-0.2)
     assert rep["accuracy_forgetting"] == pytest.approx(0.2) and rep["accuracy_fwt"] == pytest.approx(0.0, abs=1e-12)
     # NLL = 3 - 2·acc: ACC, BWT, FWT scale by -2 and forgetting (lower is better) by +2
@@ -95,6 +100,7 @@ def test_comparison_table_numbers(run_root):
     assert share["nll_bwt"] == pytest.approx(-2 * (-0.25 / 3))
     assert share["nll_fwt"] == pytest.approx(-2 * 0.1)
     assert share["nll_forgetting"] == pytest.approx(2 * 0.25 / 3)
+    assert share["nll_plasticity"] == pytest.approx(2 * 0.425)  # signed so that positive = learned
     # and the library's own numbers on the same matrices
     for key, val in metrics.summarize(SHARE).items():
         if key != "avg_acc":
@@ -188,7 +194,7 @@ def test_seed_tables_written_with_several_seeds(tmp_path, monkeypatch):
     seeds = pd.read_csv(out / "seeds.csv")
     assert set(seeds["strategy"]) == {"lora", "sharelora/share_a"} and (seeds["n"] == 3).all()
     paired = pd.read_csv(out / "paired_differences.csv")
-    assert len(paired) == 3 * 4  # 3 seeds x 4 metrics, accuracy only
+    assert len(paired) == 3 * 5  # 3 seeds x 5 metrics, accuracy only
     assert "sharelora/share_a − lora" in (out / "seeds.md").read_text()
     assert "Paired differences" in (out / "report.md").read_text()
 

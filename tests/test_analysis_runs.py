@@ -184,5 +184,5 @@ def test_reads_what_training_writes(tmp_path):
     assert r.memory_kind == "process_rss" and r.cost["trainable_params"] == 123
     np.testing.assert_array_equal(r.matrices["accuracy"], acc)
     stored = json.loads((d / "results.json").read_text())["metrics"]["accuracy"]
-    for key in ("acc", "bwt", "fwt", "forgetting"):
+    for key in ("acc", "bwt", "fwt", "forgetting", "plasticity"):
         assert r.metrics("accuracy")[key] == pytest.approx(stored[key])

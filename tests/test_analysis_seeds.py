@@ -105,11 +105,11 @@ def three_seeds(tmp_path):
 def test_seed_table_matches_numpy(three_seeds):
     runs, mats = three_seeds
     table = seed_table(runs)
-    assert len(table) == 2 * 2 * 4  # strategies x scores x metrics
+    assert len(table) == 2 * 2 * 5  # strategies x scores x metrics
     for adapter, label in (("lora", "lora"), ("sharelora", "sharelora/share_a")):
         for s_idx, score in enumerate(("accuracy", "nll")):
             per_seed = [metrics.summarize(mats[(adapter, s)][s_idx], higher_is_better=score == "accuracy") for s in range(3)]
-            for m in ("acc", "bwt", "fwt", "forgetting"):
+            for m in ("acc", "bwt", "fwt", "forgetting", "plasticity"):
                 v = np.array([p[m] for p in per_seed])
                 row = table[(table.strategy == label) & (table.score == score) & (table.metric == m)].iloc[0]
                 half = T2 * v.std(ddof=1) / math.sqrt(3)
@@ -125,7 +125,7 @@ def test_paired_differences_match_by_seed(three_seeds):
     diffs = paired_differences(runs)
     assert set(diffs["strategy"]) == {"sharelora/share_a"} and set(diffs["baseline"]) == {"lora"}
     summary = summarize_differences(diffs)
-    for m in ("acc", "bwt", "fwt", "forgetting"):
+    for m in ("acc", "bwt", "fwt", "forgetting", "plasticity"):
         d = np.array([metrics.summarize(mats[("sharelora", s)][0])[m] - metrics.summarize(mats[("lora", s)][0])[m] for s in range(3)])
         got = diffs[(diffs.score == "accuracy") & (diffs.metric == m)].sort_values("seed")["difference"].to_numpy()
         np.testing.assert_allclose(got, d, atol=1e-12)

@@ -25,6 +25,8 @@ A = [
 # BWT        = ((0.5 - 0.8) + (0.7 - 0.9)) / 2              = -0.25
 # FWT        = ((R[1][2] - R[0][2]) + (R[2][3] - R[0][3])) / 2 = ((0.3-0.2) + (0.4-0.3)) / 2 = 0.1
 # forgetting: task 1: max(0.8, 0.6) - 0.5 = 0.3; task 2: max(0.3, 0.9) - 0.7 = 0.2; mean = 0.25
+# plasticity: task 1: R[1][1]-R[0][1] = 0.8-0.1 = 0.7; task 2: R[2][2]-R[1][2] = 0.9-0.3 = 0.6;
+#             task 3: R[3][3]-R[2][3] = 0.9-0.4 = 0.5; mean = 0.6
 # avg_acc    = [0.8, (0.6+0.9)/2, 0.7] = [0.8, 0.75, 0.7]
 
 # B: T=3, task 1 peaks *after* it was trained and task 2 improves later: forgetting != -BWT.
@@ -38,6 +40,7 @@ B = [
 # BWT        = ((0.6 - 0.5) + (0.6 - 0.4)) / 2            = 0.15
 # FWT        = ((0.1 - 0.0) + (0.1 - 0.0)) / 2            = 0.1
 # forgetting: task 1: max(0.5, 0.7) - 0.6 = 0.1; task 2: max(0.1, 0.4) - 0.6 = -0.2; mean = -0.05
+# plasticity: task 1: 0.5-0.0 = 0.5; task 2: 0.4-0.1 = 0.3; task 3: 0.3-0.1 = 0.2; mean = 1.0/3
 # avg_acc    = [0.5, (0.7+0.4)/2, (0.6+0.6+0.3)/3] = [0.5, 0.55, 0.5]
 
 # C: T=2 NLL matrix (lower is better).
@@ -49,6 +52,8 @@ C = [
 # ACC = (1.6 + 1.2) / 2 = 1.4;  BWT = 1.6 - 1.0 = 0.6 (NLL went up on task 1: forgetting)
 # FWT = R[1][2] - R[0][2] = 2.5 - 3.0 = -0.5 (training task 1 lowered task 2's NLL: positive transfer)
 # forgetting (lower is better) = R[2][1] - min(R[1][1]) = 1.6 - 1.0 = 0.6
+# plasticity (lower is better, signed so positive = learned): task 1: R[0][1]-R[1][1] = 2.0-1.0 = 1.0;
+#             task 2: R[1][2]-R[2][2] = 2.5-1.2 = 1.3; mean = 1.15
 # (the literal max-formula would give 1.0 - 1.6 = -0.6)
 # avg_acc = [1.0, 1.4]
 
@@ -56,21 +61,36 @@ C = [
 @pytest.mark.parametrize(
     "R, expected",
     [
-        (A, {"acc": 0.7, "bwt": -0.25, "fwt": 0.1, "forgetting": 0.25, "avg_acc": [0.8, 0.75, 0.7]}),
-        (B, {"acc": 0.5, "bwt": 0.15, "fwt": 0.1, "forgetting": -0.05, "avg_acc": [0.5, 0.55, 0.5]}),
+        (A, {"acc": 0.7, "bwt": -0.25, "fwt": 0.1, "forgetting": 0.25, "plasticity": 0.6,
+             "avg_acc": [0.8, 0.75, 0.7]}),
+        (B, {"acc": 0.5, "bwt": 0.15, "fwt": 0.1, "forgetting": -0.05, "plasticity": 1.0 / 3,
+             "avg_acc": [0.5, 0.55, 0.5]}),
     ],
 )
 def test_hand_worked(R, expected):
     got = M.summarize(R)
-    assert set(got) == {"acc", "bwt", "fwt", "forgetting", "avg_acc"}
-    for key in ("acc", "bwt", "fwt", "forgetting"):
+    assert set(got) == {"acc", "bwt", "fwt", "forgetting", "plasticity", "avg_acc"}
+    for key in ("acc", "bwt", "fwt", "forgetting", "plasticity"):
         assert got[key] == pytest.approx(expected[key], abs=1e-12), key
     assert got["avg_acc"] == pytest.approx(expected["avg_acc"], abs=1e-12)
     assert M.acc(R) == pytest.approx(expected["acc"])
     assert M.bwt(R) == pytest.approx(expected["bwt"])
     assert M.fwt(R) == pytest.approx(expected["fwt"])
     assert M.forgetting(R) == pytest.approx(expected["forgetting"])
+    assert M.plasticity(R) == pytest.approx(expected["plasticity"])
     np.testing.assert_allclose(M.average_accuracy(R), expected["avg_acc"])
+
+
+def test_plasticity_per_task_hand_worked():
+    np.testing.assert_allclose(M.plasticity_per_task(A), [0.7, 0.6, 0.5])
+    np.testing.assert_allclose(M.plasticity_per_task(B), [0.5, 0.3, 0.2])
+    # Partial: after 2 of 3 experiences task 3 was not trained yet.
+    np.testing.assert_allclose(M.plasticity_per_task(A[:3]), [0.7, 0.6, np.nan])
+    assert M.plasticity(A[:3]) == pytest.approx(0.65)
+    # Only the row before training: nothing learned yet, nothing invented.
+    assert np.isnan(M.plasticity_per_task(A[:1])).all() and math.isnan(M.plasticity(A[:1]))
+    # One task: defined (unlike BWT/FWT/forgetting), 0.5 - 0.2.
+    assert M.plasticity([[0.2], [0.5]]) == pytest.approx(0.3)
 
 
 def test_forgetting_per_task_hand_worked():
@@ -85,6 +105,9 @@ def test_nll_lower_is_better():
     assert got["bwt"] == pytest.approx(0.6)
     assert got["fwt"] == pytest.approx(-0.5)
     assert got["forgetting"] == pytest.approx(0.6)
+    assert got["plasticity"] == pytest.approx(1.15)
+    np.testing.assert_allclose(M.plasticity_per_task(C, higher_is_better=False), [1.0, 1.3])
+    assert M.plasticity(C) == pytest.approx(-1.15)  # the accuracy-signed formula reads NLL gains as negative
     assert got["avg_acc"] == pytest.approx([1.0, 1.4])
     assert M.forgetting(C) == pytest.approx(-0.6)  # literal formula, for the record
     # Lower-is-better forgetting is exactly the higher-is-better formula on -R.
@@ -163,6 +186,10 @@ def loop_forgetting(R, T):
     return total / (T - 1)
 
 
+def loop_plasticity(R, T):
+    return sum(_r(R, i, i) - _r(R, i - 1, i) for i in range(1, T + 1)) / T
+
+
 def loop_avg_acc(R, T):
     return [sum(_r(R, k, j) for j in range(1, k + 1)) / k for k in range(1, T + 1)]
 
@@ -178,10 +205,15 @@ def test_against_literal_loops_on_random_matrices():
         assert M.bwt(R) == pytest.approx(loop_bwt(R, T), abs=1e-12), msg
         assert M.fwt(R) == pytest.approx(loop_fwt(R, T), abs=1e-12), msg
         assert M.forgetting(R) == pytest.approx(loop_forgetting(R, T), abs=1e-12), msg
+        assert M.plasticity(R) == pytest.approx(loop_plasticity(R, T), abs=1e-12), msg
         assert M.summarize(R)["avg_acc"] == pytest.approx(loop_avg_acc(R, T), abs=1e-12), msg
         # lower-is-better forgetting: best = min, sign flipped
         neg = [[-v for v in row] for row in R]
         assert M.forgetting(R, higher_is_better=False) == pytest.approx(loop_forgetting(neg, T), abs=1e-12)
+        assert M.plasticity(R, higher_is_better=False) == pytest.approx(loop_plasticity(neg, T), abs=1e-12)
+        # "so far": after k experiences, the mean over the k trained tasks
+        k = int(rng.integers(1, T + 1))
+        assert M.plasticity(R[: k + 1]) == pytest.approx(loop_plasticity(R, k), abs=1e-12), msg
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,6 +242,7 @@ def test_never_changing_model():
     R = np.tile(row, (T + 1, 1))
     assert M.bwt(R) == 0.0
     assert M.forgetting(R) == 0.0
+    assert M.plasticity(R) == 0.0 and M.plasticity(R, higher_is_better=False) == 0.0
     assert M.fwt(R) == 0.0
     assert M.acc(R) == pytest.approx(row.mean())
 
@@ -229,6 +262,9 @@ def test_signs_for_a_forgetting_model():
     N = 3.0 - R
     assert M.bwt(N) > 0
     assert M.forgetting(N, higher_is_better=False) > 0
+    # ... and it learned every task when trained: positive plasticity in both scores.
+    assert M.plasticity(R) > 0 and M.plasticity(N, higher_is_better=False) > 0
+    np.testing.assert_allclose(M.plasticity_per_task(N, higher_is_better=False), M.plasticity_per_task(R))
 
 
 # ---------------------------------------------------------------------------------------------------

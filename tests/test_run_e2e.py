@@ -41,7 +41,7 @@ def test_run_directory_is_complete(runs, label, adapter, cl):
         csv = np.loadtxt(run / f"R_{score}.csv", delimiter=",", skiprows=1)[:, 1:]
         np.testing.assert_allclose(csv, R)
         expected = metrics.summarize(R, higher_is_better=score != "nll")
-        for key in ("acc", "bwt", "fwt", "forgetting"):
+        for key in ("acc", "bwt", "fwt", "forgetting", "plasticity"):
             assert results["metrics"][score][key] == pytest.approx(expected[key], nan_ok=True)
     assert 0 <= np.min(results["matrices"]["accuracy"]) <= np.max(results["matrices"]["accuracy"]) <= 1
     # NLL of a random-init 49k-vocab model sits near log(V); it must at least be a real per-token NLL.
@@ -49,7 +49,7 @@ def test_run_directory_is_complete(runs, label, adapter, cl):
     assert (run / "config.yaml").is_file() and (run / "environment.json").is_file()
     env = json.loads((run / "environment.json").read_text())
     assert env["packages"]["torch"] and "git_commit" in env
-    assert "CL/ACC/nll" in (run / "log.txt").read_text()
+    assert "CL/ACC/nll" in (run / "log.txt").read_text() and "CL/PLASTICITY/nll" in (run / "log.txt").read_text()
     assert [p.name for p in sorted((run / "adapters").iterdir())] == ["exp_1", "exp_2"]
 
 

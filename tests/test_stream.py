@@ -10,11 +10,11 @@ from clsharelora.errors import ConfigError
 from clsharelora.paths import PROJECT_ROOT
 
 
-@pytest.mark.parametrize("name", ["paper", "demo"])
+@pytest.mark.parametrize("name", ["paper", "demo", "paper-authors"])
 def test_shipped_streams(name):
     stream = load_stream(name)
     assert stream.tasks == ["gsm8k", "humaneval", "mmlu", "mmlu_pro"]
-    assert [e.train.benchmark for e in stream.experiences] == ["gsm8k", "mbpp", "mmlu", "mmlu_pro"]
+    assert [e.train.benchmark for e in stream.experiences] == ["gsm8k", "codealpaca", "mmlu", "mmlu_pro"]
     assert load_stream(PROJECT_ROOT / "streams" / f"{name}.yaml") == stream
 
 

@@ -4,6 +4,8 @@
 text it should learn to emit; the GSM8K paper used them only for its calculator-augmented sampler).
 lm-eval keeps the raw answer: pass keep_calc=True for that; the raw answer is also in meta["raw_answer"].
 `answer` is the number after "####" with thousands commas removed ("1,080" -> "1080").
+train_prompt="sharelora_cot8" marks records for the ShareLoRA authors' training prompt (8 CoT exemplars in
+the input, raw answer with "#### N" as "The final answer is N"; rendered by prompts.py, see docs/sharelora.md).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import DataError
+from dataclasses import replace
+
+from ..errors import ConfigError, DataError
 from . import hub, io
 from .records import Record
 
 NAME = "gsm8k"
 SPLITS = ("train", "test")
-KWARGS = frozenset({"keep_calc"})
+KWARGS = frozenset({"keep_calc", "train_prompt"})
+TRAIN_PROMPTS = ("plain", "sharelora_cot8")
 HUB_REPO, HUB_CONFIG = "openai/gsm8k", "main"
 
 _CALC = re.compile(r"<<[^<>]*>>")
@@ -56,21 +61,29 @@ def build_record(row: Mapping[str, Any], *, split: str, index: int, loc: str, ke
     )
 
 
+def _marked(records: list[Record], train_prompt: str) -> list[Record]:
+    if train_prompt not in TRAIN_PROMPTS:
+        raise ConfigError(f"gsm8k: train_prompt= must be one of {', '.join(TRAIN_PROMPTS)}, got {train_prompt!r}")
+    if train_prompt == "plain":
+        return records
+    return [replace(r, meta=dict(r.meta, train_prompt=train_prompt)) for r in records]
+
+
 def file_source(root: Path | None, split: str, **kw: Any) -> Path | None:
     """The upstream file for `split` under the data root."""
     return None if root is None else root / NAME / f"{split}.jsonl"
 
 
-def load_files(path: Path, split: str, *, keep_calc: bool = False) -> list[Record]:
-    return [
+def load_files(path: Path, split: str, *, keep_calc: bool = False, train_prompt: str = "plain") -> list[Record]:
+    return _marked([
         build_record(row, split=split, index=i, loc=io.where(path, line), keep_calc=keep_calc)
         for i, (line, row) in enumerate(io.read_jsonl(path))
-    ]
+    ], train_prompt)
 
 
-def load_hub(split: str, *, keep_calc: bool = False) -> list[Record]:
+def load_hub(split: str, *, keep_calc: bool = False, train_prompt: str = "plain") -> list[Record]:
     rows = hub.fetch(NAME, HUB_REPO, HUB_CONFIG, split)
-    return [
+    return _marked([
         build_record(row, split=split, index=i, loc=hub.hub_where(HUB_REPO, split, i), keep_calc=keep_calc)
         for i, row in enumerate(rows)
-    ]
+    ], train_prompt)

@@ -1,5 +1,5 @@
 """The continual-learning metrics as an Avalanche PluginMetric, so Avalanche's loggers (text, CSV,
-TensorBoard, W&B) receive the per-task scores and ACC/BWT/FWT/forgetting after every experience."""
+TensorBoard, W&B) receive the per-task scores and ACC/BWT/FWT/forgetting/plasticity after every experience."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class ContinualMetrics(PluginMetric[dict]):
             for score in SCORES:
                 values.append(MetricValue(self, f"{score.capitalize()}/Task/{cell['task']}", float(cell[score]), x))
         for score, metrics in self.store.metrics().items():
-            for name in ("acc", "bwt", "fwt", "forgetting"):
+            for name in ("acc", "bwt", "fwt", "forgetting", "plasticity"):
                 value = metrics.get(name)
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
                     values.append(MetricValue(self, f"CL/{name.upper()}/{score}", float(value), x))
