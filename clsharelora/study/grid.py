@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,11 @@ class Study:
         data.update(adapter=dict(cell.strategy.adapter), cl=dict(cell.strategy.cl), seed=cell.seed,
                     stream=str(stream_path), out=str(out), name=cell.key.replace("/", "-"))
         return data
+
+
+def label_dir(label: str) -> str:
+    """A strategy label as one safe path component ("sharelora:share_a" -> "sharelora-share_a")."""
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", label).strip("-.") or "strategy"
 
 
 def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
@@ -176,8 +182,8 @@ def load_study(path: str | Path) -> Study:
         raise ConfigError(f"{path}: 'strategies' must be a non-empty list")
     strategies = tuple(_strategy(e, base, f"{path}: strategies[{i}]") for i, e in enumerate(entries))
     labels = [s.label for s in strategies]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{path}: strategy labels must differ, got {labels}")
+    if len(set(labels)) != len(labels) or len({label_dir(x) for x in labels}) != len(labels):
+        raise ConfigError(f"{path}: strategy labels must differ (also as folder names), got {labels}")
     study = Study(name=str(data.get("name") or path.stem), source=path, base=base, stream=stream_data,
                   strategies=strategies, seeds=tuple(seeds), orders=_orders(data.get("orders"), names, f"{path}: orders"),
                   description=str(data.get("description", "")))

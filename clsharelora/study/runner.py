@@ -6,6 +6,7 @@ Study directory:
   grid.json             every cell: label, seed, order, its config and run directory, and the orders
   streams/orderK.yaml   the base stream in order K
   configs/<label>/seedS-orderK.yaml, runs/<label>/seedS-orderK/, logs/<label>/seedS-orderK.log
+                        (<label>: the strategy label made path-safe, e.g. sharelora-share_a)
   status.tsv            cell, state, seconds: rewritten after every cell
 """
 
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import atomic
 from ..errors import UserError
-from .grid import Cell, Study, dump, load_study
+from .grid import Cell, Study, dump, label_dir, load_study
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -38,10 +39,10 @@ def available_cpus() -> int:
 
 
 def cell_paths(root: Path, cell: Cell) -> dict[str, Path]:
-    leaf = f"seed{cell.seed}-order{cell.order}"
-    return {"config": root / "configs" / cell.strategy.label / f"{leaf}.yaml",
-            "run": root / "runs" / cell.strategy.label / leaf,
-            "log": root / "logs" / cell.strategy.label / f"{leaf}.log"}
+    leaf, folder = f"seed{cell.seed}-order{cell.order}", label_dir(cell.strategy.label)
+    return {"config": root / "configs" / folder / f"{leaf}.yaml",
+            "run": root / "runs" / folder / leaf,
+            "log": root / "logs" / folder / f"{leaf}.log"}
 
 
 def cell_state(run_dir: Path) -> str:
