@@ -7,6 +7,8 @@ Writes under DIR:
   scores_long.csv                          every stored score point, tidy (for your own plots)
   report.md                                everything, figures linked
   report.html                              the same page, self-contained (figures inlined as base64)
+
+Given one study directory (`clsharelora study`), the study report of analysis/study.py instead.
 """
 
 from __future__ import annotations
@@ -200,8 +202,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
     parser.add_argument("--title", default="Continual-learning report", help="report title")
+    parser.add_argument("--reference", help="a study's reference strategy for paired comparisons (default: its first)")
     args = parser.parse_args(argv)
     try:
+        from .study import build_study_report, is_study
+
+        if len(args.run_dirs) == 1 and is_study(args.run_dirs[0]):
+            page = build_study_report(Path(args.run_dirs[0]), args.out, args.title, args.reference)
+            (args.out / "report.md").write_text(page.markdown(), encoding="utf-8")
+            (args.out / "report.html").write_text(page.html(), encoding="utf-8")
+            print(f"report: {args.out / 'report.html'} (study {args.run_dirs[0]})")
+            return 0
         skipped: list[Path] = []
         runs = load_runs(args.run_dirs, skipped)
         for p in skipped:

@@ -59,10 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, help="parent directory; one run directory per strategy")
     compare.add_argument("--resume", action="store_true", help="resume runs that exist, start the others")
 
+    study = sub.add_parser("study", help="a grid of strategies x seeds x task orders, resumable (docs/studies.md)")
+    study.add_argument("--config", required=True, help="study YAML (configs/study-*.yaml)")
+    study.add_argument("--out", help="study directory (default: runs/study-<name>)")
+    study.add_argument("--jobs", type=int, default=1, help="cells run at once; the CPUs are split between them")
+    study.add_argument("--resume", action="store_true", help="continue the study in --out")
+    study.add_argument("--dry-run", action="store_true", help="print the grid and a compute estimate; run nothing")
+    study.add_argument("--flops", type=float, help="sustained FLOP/s assumed by --dry-run's estimate")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     report = sub.add_parser("report", help="plots, tables and report.md/.html from run directories")
     report.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR... --out DIR (see clsharelora report -h)")
 
-    sub.add_parser("list", help="known models, strategies, streams and tasks")
+    lst = sub.add_parser("list", help="known models, strategies, streams and tasks")
+    lst.add_argument("--verbose", "-v", action="store_true",
+                     help="also every strategy's options with defaults and help (imports the plug-ins)")
 
     bench = sub.add_parser("bench", help="benchmarks (make bench)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -97,11 +108,23 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
 
 def _switch(block, name: str, kind: str) -> dict:
     """Select strategy `name`, keeping the options of the config's block that it also understands
-    (so `compare --strategies lora,sharelora` gives both the config's r, alpha and targets)."""
-    from . import registry
+    (so `compare --strategies lora,sharelora` gives both the config's r, alpha and targets).
 
+    The one rule for the rest: an option is dropped only when the block names its strategy explicitly and
+    that strategy knows the option (`adapter: {name: sharelora, variant: share_a}` switched to lora drops
+    `variant`); an option that neither strategy knows is an error with a "did you mean", as with --set."""
+    from . import registry
+    from .errors import did_you_mean
+
+    block = _as_block(block)
     known = registry.get(name, kind).defaults
-    return {"name": name, **{k: v for k, v in _as_block(block).items() if k != "name" and k in known}}
+    owner = registry.get(block["name"], kind).defaults if block.get("name") else {}
+    for key in block:
+        if key != "name" and key not in known and key not in owner:
+            where = f"{kind} strategy {block['name']!r}" if block.get("name") else f"{kind} strategy {name!r}"
+            raise UserError(f"unknown option {kind}.{key} for {where}{did_you_mean(key, {**known, **owner})}; "
+                            f"known options: {', '.join(sorted({**known, **owner}))}")
+    return {"name": name, **{k: v for k, v in block.items() if k != "name" and k in known}}
 
 
 def _as_block(value) -> dict:
@@ -167,17 +190,40 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from .study.grid import load_study
+
+    study = load_study(args.config)
+    if args.dry_run:
+        from .study.estimate import estimate
+
+        print(estimate(study, args.flops))
+        return 0
+    from .study.runner import run_study
+
+    out = args.out or str(Path("runs") / f"study-{study.name}")
+    code = run_study(args.config, out, jobs=args.jobs, resume=args.resume, progress=not args.no_progress)
+    print(f"study: {out} (status.tsv; report with `clsharelora report {out} --out reports/{Path(out).name}`)")
+    return code
+
+
 def _cmd_list(args) -> int:
-    from . import models, registry
-    from .evaluation.base import EVALUATORS
-    from .evaluation import tasks  # noqa: F401
+    """Names come from static reads (plug-in files by `ast`, the task table, the model table): no torch."""
+    from . import registry
+    from .evaluation.tasks import task_names
+    from .models.names import known_models
     from .paths import PROJECT_ROOT
 
-    print("models:     " + ", ".join(models.known_models()) + "  (or any HF id / local path)")
-    print("adapters:   " + ", ".join(registry.known("adapter")))
-    print("cl methods: " + ", ".join(registry.known("cl")))
+    print("models:     " + ", ".join(known_models()) + "  (or any HF id / local path)")
+    print("adapters:   " + ", ".join(registry.listed("adapter")))
+    print("cl methods: " + ", ".join(registry.listed("cl")))
     print("streams:    " + ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "streams").glob("*.yaml"))))
-    print("tasks:      " + ", ".join(sorted(EVALUATORS)))
+    print("tasks:      " + ", ".join(task_names()))
+    if args.verbose:
+        for kind in registry.KINDS:
+            for name in registry.known(kind):
+                print()
+                print(registry.describe_class(registry.get(name, kind)))
     return 0
 
 
@@ -204,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "study":
+            return _cmd_study(args)
         if args.command == "report":
             from analysis.report import main as report_main
 

@@ -5,15 +5,22 @@ A plug-in is ONE file in the top-level `strategies/` folder, a module named by a
 group ``clsharelora.strategies`` of any installed package, or a file in a folder listed in
 $CLSHARELORA_STRATEGY_PATH. It registers classes with the decorators below;
 nothing in `clsharelora/` changes when a strategy is added.
+
+Names are read from the files with `ast` (`listed`), so `clsharelora list` imports no plug-in (nor torch).
+A plug-in that fails to import costs only its own strategies (one warning line; an error when one of them
+is requested); the same name in two files is always an error naming both.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata as md
 import importlib.util
+import inspect
 import os
-import pkgutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +31,12 @@ PATH_ENV = "CLSHARELORA_STRATEGY_PATH"   # extra folders of plug-in files, os.pa
 KINDS = ("adapter", "cl")
 
 _REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+_FAILED: dict[tuple[str, str], str] = {}   # (kind, name) -> "file: error" of a plug-in that failed to import
 _discovered = False
+
+
+class DuplicateStrategy(ConfigError):
+    """Two plug-in files register the same (kind, name): always an error, never a silent replacement."""
 
 
 class Strategy:
@@ -34,6 +46,8 @@ class Strategy:
     kind: ClassVar[str] = ""
     #: option name -> default; unknown options in a config are rejected with a "did you mean".
     defaults: ClassVar[dict[str, Any]] = {}
+    #: option name -> one line of help, printed by `clsharelora list --verbose`.
+    option_help: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
@@ -53,6 +67,14 @@ class Strategy:
         return {"name": self.name, "kind": self.kind, **self.options}
 
 
+def _source(cls: type) -> str:
+    """The file a class was defined in (re-importing the same file re-registers, a second file is a duplicate)."""
+    try:
+        return str(Path(inspect.getfile(cls)).resolve())
+    except (TypeError, OSError):
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def register(name: str, kind: str):
     """Class decorator: make a Strategy subclass available under `name` for configs and the CLI."""
     if kind not in KINDS:
@@ -60,8 +82,9 @@ def register(name: str, kind: str):
 
     def wrap(cls: type) -> type:
         existing = _REGISTRY[kind].get(name)
-        if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"{kind} strategy {name!r} registered twice ({existing} and {cls})")
+        if existing is not None and existing is not cls and _source(existing) != _source(cls):
+            raise DuplicateStrategy(f"{kind} strategy {name!r} is defined twice: in {_source(existing)} and in "
+                                    f"{_source(cls)}; rename one of them")
         cls.name, cls.kind = name, kind
         _REGISTRY[kind][name] = cls
         return cls
@@ -69,27 +92,141 @@ def register(name: str, kind: str):
     return wrap
 
 
+@dataclass(frozen=True)
+class PluginFile:
+    """One plug-in source file and what a static read of it says it registers (no import needed)."""
+
+    path: Path
+    module: str                              # the name it is imported under
+    names: tuple[tuple[str, str], ...]       # (kind, name) of every @register("name", "kind") with literal args
+    dynamic: bool                            # a register(...) call whose arguments are not literals
+    error: str | None                        # why it could not be read (syntax error, unreadable)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _scan(path: Path, module: str) -> PluginFile:
+    """Read `path` with `ast` and collect its register("name", "kind") calls: strategy names without
+    importing the plug-in (and torch, peft, ... with it)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
+        return PluginFile(path, module, (), False, _one_line(exc))
+    names, dynamic = [], False
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if called != "register":
+            continue
+        args = list(node.args) + [k.value for k in node.keywords if k.arg in ("name", "kind")]
+        if len(args) != 2:   # not our register(name, kind) (e.g. atexit.register(fn))
+            continue
+        if all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+            names.append((args[1].value, args[0].value))
+        else:
+            dynamic = True
+    return PluginFile(path, module, tuple(names), dynamic, None)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def plugin_files() -> list[PluginFile]:
+    """Every plug-in file, in load order: the built-in `strategies/` package, entry points of the group
+    ``clsharelora.strategies``, then the folders of $CLSHARELORA_STRATEGY_PATH. Imports nothing."""
+    out: list[PluginFile] = []
+    spec = importlib.util.find_spec("strategies")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(Path(folder).glob("*.py")):
+            if not path.name.startswith("_"):
+                out.append(_scan(path, f"strategies.{path.stem}"))
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        module = ep.value.partition(":")[0]
+        try:
+            origin = importlib.util.find_spec(module).origin
+        except (ImportError, AttributeError, ValueError) as exc:
+            out.append(PluginFile(Path(module), module, (), False, f"entry point {ep.name!r}: {_one_line(exc)}"))
+            continue
+        out.append(_scan(Path(origin), module))
+    for folder in filter(None, os.environ.get(PATH_ENV, "").split(os.pathsep)):
+        if not Path(folder).is_dir():
+            _warn_once(f"${PATH_ENV} names {folder!r}, which is not a directory; no plug-ins loaded from it")
+            continue
+        for path in sorted(Path(folder).glob("*.py")):
+            if not path.name.startswith("_"):
+                out.append(_scan(path, f"clsharelora_user_strategies.{path.stem}"))
+    _check_static_duplicates(out)
+    return out
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        _warn(message)
+
+
+def _check_static_duplicates(files: list[PluginFile]) -> None:
+    seen: dict[tuple[str, str], Path] = {}
+    for f in files:
+        for key in f.names:
+            if key in seen and seen[key] != f.path:
+                raise ConfigError(f"{key[0]} strategy {key[1]!r} is defined twice: in {seen[key]} and in {f.path}; "
+                                  "rename one of them")
+            seen[key] = f.path
+
+
+def listed(kind: str) -> list[str]:
+    """Strategy names of `kind` read statically from the plug-in files (fast: for `clsharelora list`).
+    Files that register names dynamically are imported; files that cannot be read are skipped with a warning."""
+    names = set()
+    for f in plugin_files():
+        if f.error:
+            _warn_once(f"plug-in {f.path}: {f.error} (skipped)")
+        names.update(n for k, n in f.names if k == kind)
+        if f.dynamic:
+            discover()
+            names.update(_REGISTRY[kind])
+    return sorted(names)
+
+
 def discover() -> None:
-    """Import every module of the `strategies` package, every entry point of the plug-in group and every
-    file in $CLSHARELORA_STRATEGY_PATH (once per process)."""
+    """Import every plug-in file (once per process). A file that fails to import is reported as one warning
+    line and skipped; its strategies become an error only when they are requested (see `get`)."""
     global _discovered
     if _discovered:
         return
     _discovered = True
-    import strategies
-
-    for info in pkgutil.iter_modules(strategies.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"strategies.{info.name}")
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
-    for folder in filter(None, os.environ.get(PATH_ENV, "").split(os.pathsep)):
-        for path in sorted(Path(folder).glob("*.py")):
-            if path.name.startswith("_"):
-                continue
-            spec = importlib.util.spec_from_file_location(f"clsharelora_user_strategies.{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+    _FAILED.clear()
+    for f in plugin_files():
+        error = f.error
+        before = {kind: dict(table) for kind, table in _REGISTRY.items()}
+        if error is None:
+            try:
+                if f.module.startswith("clsharelora_user_strategies."):
+                    spec = importlib.util.spec_from_file_location(f.module, f.path)
+                    module = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(module)
+                else:
+                    importlib.import_module(f.module)
+            except DuplicateStrategy:
+                raise
+            except (Exception, SystemExit) as exc:  # a broken plug-in must not take the CLI down
+                error = _one_line(exc)
+        if error is not None:
+            for kind in KINDS:  # what the file registered before it failed goes too: a half-run module is out
+                _REGISTRY[kind] = before[kind]
+            _warn_once(f"plug-in {f.path}: {error} (skipped)")
+            for kind, name in f.names:
+                _FAILED[(kind, name)] = f"{f.path}: {error}"
 
 
 def known(kind: str) -> list[str]:
@@ -101,10 +238,27 @@ def get(name: str, kind: str) -> type:
     """The registered class, or a ConfigError that lists the known names and the closest match."""
     discover()
     table = _REGISTRY[kind]
+    if name not in table and (kind, name) in _FAILED:
+        raise ConfigError(f"{kind} strategy {name!r} is defined in a plug-in that failed to import: "
+                          f"{_FAILED[(kind, name)]}")
     if name not in table:
         raise ConfigError(f"unknown {kind} strategy {name!r}{did_you_mean(name, table)}; "
                           f"known: {', '.join(sorted(table))}")
     return table[name]
+
+
+def describe_class(cls: type) -> str:
+    """A strategy for `clsharelora list --verbose`: name, kind, file, first docstring line, and each option
+    with its default, its type (the default's) and its help."""
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "").split("\n")[0]  # its own, not a base's
+    lines = [f"{cls.kind} {cls.name}: {doc}".rstrip(": "), f"  file: {_source(cls)}"]
+    help_text = getattr(cls, "option_help", {})
+    for key, default in sorted(cls.defaults.items()):
+        kind = type(default).__name__ if default is not None else "optional"
+        lines.append(f"  {key} = {default!r} ({kind})" + (f"  {help_text[key]}" if key in help_text else ""))
+    if not cls.defaults:
+        lines.append("  (no options)")
+    return "\n".join(lines)
 
 
 def create(name: str, kind: str, **options: Any) -> Strategy:

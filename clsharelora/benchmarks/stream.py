@@ -80,8 +80,7 @@ def _check_evaluator_options(cls, options: dict, where: str) -> None:
 
 def parse_stream(data: dict[str, Any], source: str = "<stream>") -> Stream:
     from ..data import known_benchmarks
-    from ..evaluation.base import EVALUATORS
-    from ..evaluation import tasks  # noqa: F401  (registers evaluators)
+    from ..evaluation.tasks import evaluator_class, task_names
 
     _unknown(data, STREAM_KEYS, source)
     exps = data.get("experiences")
@@ -103,10 +102,10 @@ def parse_stream(data: dict[str, Any], source: str = "<stream>") -> Stream:
         evaluation = raw.get("eval")
         if not isinstance(evaluation, dict) or "task" not in evaluation:
             raise ConfigError(f"{where}: 'eval' must be a mapping with a 'task' (a task without an evaluator "
-                              f"cannot be scored); known tasks: {', '.join(sorted(EVALUATORS))}")
+                              f"cannot be scored); known tasks: {', '.join(task_names())}")
         task = evaluation["task"]
-        if task not in EVALUATORS:
-            raise ConfigError(f"{where}.eval.task {task!r} has no evaluator; known: {', '.join(sorted(EVALUATORS))}")
+        if task not in task_names():
+            raise ConfigError(f"{where}.eval.task {task!r} has no evaluator; known: {', '.join(task_names())}")
         name = str(raw.get("name") or task)
         if name in names:
             raise ConfigError(f"{where}: experience name {name!r} is used twice")
@@ -120,7 +119,7 @@ def parse_stream(data: dict[str, Any], source: str = "<stream>") -> Stream:
             options=dict(train.get("options") or {}),
         )
         options = {k: v for k, v in evaluation.items() if k != "task"}
-        _check_evaluator_options(EVALUATORS[task], options, f"{where}.eval")
+        _check_evaluator_options(evaluator_class(task), options, f"{where}.eval")
         if "n" in options:
             _positive(options["n"], f"{where}.eval.n")
         out.append(ExperienceSpec(name=name, train=spec, task=task, eval_options=options))

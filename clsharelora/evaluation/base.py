@@ -36,19 +36,8 @@ class Evaluator(ABC):
         """Score `model` (eval mode is the caller's job to restore) on this task's items."""
 
 
-EVALUATORS: dict[str, type[Evaluator]] = {}
-
-
-def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:
-    EVALUATORS[cls.task] = cls
-    return cls
-
-
 def make_evaluator(task: str, **options: Any) -> Evaluator:
-    """Build the evaluator of `task` (gsm8k, humaneval, mmlu, mmlu_pro) with its options
-    (data_root, n, seed, shots, batch_size, max_new_tokens, ...)."""
-    from . import tasks  # noqa: F401  (registers the built-in evaluators)
+    """Build the evaluator of `task`; the task table lives in `evaluation.tasks`."""
+    from .tasks import make_evaluator as make
 
-    if task not in EVALUATORS:
-        raise ConfigError(f"no evaluator for task {task!r}; known: {', '.join(sorted(EVALUATORS))}")
-    return EVALUATORS[task](**options)
+    return make(task, **options)

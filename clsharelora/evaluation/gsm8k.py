@@ -16,7 +16,7 @@ from typing import Sequence
 from ..data.records import Record
 from ..errors import ConfigError
 from ..prompts import context_for, prompt_for, random_shots, target_for
-from .base import Evaluator, TaskScore, register_evaluator
+from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
 from .nll import answer_nll
 
@@ -57,7 +57,6 @@ def is_correct(extracted: str | None, gold: str) -> bool:
     return extracted is not None and normalize_number(extracted) == normalize_number(gold)
 
 
-@register_evaluator
 class GSM8KEvaluator(Evaluator):
     """Strict exact match is the accuracy; flexible-extract accuracy goes to `extra`.
 

@@ -16,7 +16,7 @@ from typing import Sequence
 from ..data.records import Record
 from ..errors import ConfigError, DataError
 from . import generation
-from .base import Evaluator, TaskScore, register_evaluator
+from .base import Evaluator, TaskScore
 from .nll import answer_nll
 from .passk import pass_at_k
 from .sandbox import run_many
@@ -46,7 +46,6 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
-@register_evaluator
 class HumanEvalEvaluator(Evaluator):
     """accuracy = pass@1 (greedy: the fraction of problems whose completion passes; sampled: the unbiased
     estimate); extra = {"pass@k": ...} for k in (1, 10, 100) with k <= samples, and the fraction of

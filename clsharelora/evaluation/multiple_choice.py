@@ -17,7 +17,7 @@ import torch
 from ..data.records import Record
 from ..errors import ConfigError
 from ..prompts import LETTERS, context_for, first_shots, prompt_for, target_for
-from .base import Evaluator, TaskScore, register_evaluator
+from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
 from .nll import answer_nll, encode_pair, letter_logprobs, letter_token_ids
 
@@ -148,7 +148,6 @@ class MultipleChoiceEvaluator(Evaluator):
         return TaskScore(task=self.task, accuracy=micro, nll=nll, n=len(self.records), extra=extra)
 
 
-@register_evaluator
 class MMLUEvaluator(MultipleChoiceEvaluator):
     """MMLU: 5-shot from the subject's dev split (its first 5 rows, as lm-eval), 4 options A-D."""
 
@@ -158,7 +157,6 @@ class MMLUEvaluator(MultipleChoiceEvaluator):
     max_options = 4
 
 
-@register_evaluator
 class MMLUProEvaluator(MultipleChoiceEvaluator):
     """MMLU-Pro: 5-shot from validation of the same category (filled up from other categories when short),
     3-10 options A-J; mode "letter" (default) or "cot" (generation, `max_new_tokens`)."""

@@ -1,0 +1,178 @@
+"""Statistics for comparing strategies: standard errors of one score, intervals and tests over seeds x
+orders, and item-level paired tests between two strategies scored on the same items.
+
+Everything is numpy (scipy is not a dependency). The tests in tests/test_stats.py check each function
+against closed forms and against its stated rate on simulated data (coverage, null p-value uniformity,
+power at the minimum detectable effect).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .seeds import t_quantile
+
+CONFIDENCE = 0.95
+BOOTSTRAP_SAMPLES = 10_000
+EXACT_SIGN_FLIP_MAX_N = 16      # 2^16 sign patterns: exact; above, a seeded Monte Carlo sample
+
+
+def _as_1d(values: Sequence[float], name: str, minimum: int = 1) -> np.ndarray:
+    x = np.asarray(values, dtype=float).reshape(-1)
+    if x.size < minimum:
+        raise ValueError(f"{name} needs at least {minimum} value(s), got {x.size}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} holds a non-finite value: {x.tolist()}")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------- one score
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy over n independent items: sqrt(p (1 - p) / n)."""
+    if n < 1 or not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"binomial_se needs n >= 1 and 0 <= accuracy <= 1, got n={n}, accuracy={accuracy}")
+    return math.sqrt(accuracy * (1.0 - accuracy) / n)
+
+
+def ratio_se(sums: Sequence[float], counts: Sequence[float]) -> float:
+    """Standard error of a token-weighted mean NLL = sum(s_i) / sum(c_i) over items i (per-item summed NLL
+    s_i over c_i tokens): the delta-method (ratio-estimator) SE, items being the independent units,
+    sqrt(n / (n - 1) * sum((s_i - R c_i)^2)) / sum(c_i). Zero for a single item (no spread to estimate)."""
+    s, c = _as_1d(sums, "sums"), _as_1d(counts, "counts")
+    if s.shape != c.shape or np.any(c <= 0):
+        raise ValueError("ratio_se needs one positive token count per item")
+    n = s.size
+    if n == 1:
+        return 0.0
+    ratio = s.sum() / c.sum()
+    return float(math.sqrt(n / (n - 1) * np.sum((s - ratio * c) ** 2)) / c.sum())
+
+
+# ------------------------------------------------------------------------------- seeds x orders
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and Student-t interval (n >= 2; with n = 1 the interval is the point itself, flagged by n)."""
+    x = _as_1d(values, "t_interval")
+    if x.size == 1:
+        return Interval(float(x[0]), float(x[0]), float(x[0]), 1)
+    half = t_quantile(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), x.size)
+
+
+def bootstrap_interval(values: Sequence[float], *, confidence: float = CONFIDENCE, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = 0) -> Interval:
+    """Mean and percentile-bootstrap interval of the mean (resampling the values with replacement).
+    Used for paired differences (the values are per-pair differences), where it needs no normality."""
+    x = _as_1d(values, "bootstrap_interval")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(samples, x.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(x.mean()), float(low), float(high), x.size)
+
+
+def sign_flip_pvalue(differences: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> float:
+    """Two-sided p-value of the paired sign-flip (randomisation) test of mean difference = 0: under the null
+    each pair's difference is as likely to have either sign. Exact enumeration of all 2^n sign patterns for
+    n <= 16, else a seeded Monte Carlo sample (the observed pattern counted, so p >= 1 / (samples + 1))."""
+    d = _as_1d(differences, "sign_flip_pvalue")
+    observed = abs(d.mean())
+    tol = 1e-12 * max(1.0, observed)
+    if d.size <= EXACT_SIGN_FLIP_MAX_N:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
+        stats = np.abs(signs @ d / d.size)
+        return float(np.mean(stats >= observed - tol))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice((1.0, -1.0), size=(samples, d.size))
+    stats = np.abs(signs @ d / d.size)
+    return float((np.sum(stats >= observed - tol) + 1) / (samples + 1))
+
+
+def minimum_detectable_effect(sd_difference: float, n_pairs: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true mean paired difference that a two-sided paired t-test at level `alpha` detects with
+    probability `power` given n pairs whose differences have standard deviation sd:
+    (t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n). Infinite for fewer than 2 pairs."""
+    if n_pairs < 2:
+        return math.inf
+    if sd_difference < 0:
+        raise ValueError(f"sd_difference must be >= 0, got {sd_difference}")
+    df = n_pairs - 1
+    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * sd_difference / math.sqrt(n_pairs)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    mean_difference: float
+    t_low: float              # Student-t interval: exact coverage for normal differences at any n
+    t_high: float
+    boot_low: float           # paired percentile bootstrap: no normality, but under-covers at very few pairs
+    boot_high: float
+    p_value: float            # sign-flip randomisation test
+    mde: float                # minimum detectable effect (80% power) at this many pairs
+    n_pairs: int
+
+    @property
+    def resolved(self) -> bool:
+        """Both intervals exclude zero and the randomisation test agrees at their level."""
+        return (self.t_low > 0 or self.t_high < 0) and (self.boot_low > 0 or self.boot_high < 0) \
+            and self.p_value < 0.05
+
+
+def paired_comparison(differences: Sequence[float], *, confidence: float = CONFIDENCE, seed: int = 0) -> PairedComparison:
+    """Mean paired difference (strategy - reference over cells with the same seed and order), its t and
+    paired bootstrap intervals, sign-flip p-value and the minimum detectable effect at this many pairs."""
+    d = _as_1d(differences, "paired_comparison")
+    t = t_interval(d, confidence)
+    boot = bootstrap_interval(d, confidence=confidence, seed=seed)
+    sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
+    mde = minimum_detectable_effect(sd, d.size, alpha=1 - confidence) if d.size > 1 else math.inf
+    if d.size == 1:
+        t = Interval(t.mean, -math.inf, math.inf, 1)
+    return PairedComparison(float(d.mean()), t.low, t.high, boot.low, boot.high, sign_flip_pvalue(d, seed=seed),
+                            mde, d.size)
+
+
+# ------------------------------------------------------------------------------- items of one row
+
+def mcnemar_pvalue(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
+    """Exact two-sided McNemar test on paired per-item correctness: under the null the discordant pairs
+    (a right / b wrong: n01, a wrong / b right: n10) split Binomial(n01 + n10, 1/2); p = min(1, 2 P(X <= min))."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("mcnemar_pvalue needs two equally long 1-d sequences of per-item correctness")
+    n01, n10 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    k = min(n01, n10)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return float(min(1.0, 2 * tail))
+
+
+def paired_bootstrap_nll(sums_a: Sequence[float], sums_b: Sequence[float], counts: Sequence[float], *,
+                         confidence: float = CONFIDENCE, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> Interval:
+    """Difference of token-weighted mean NLL (a - b) on the same items, with a paired bootstrap interval
+    (items resampled together, so item difficulty cancels)."""
+    sa, sb, c = _as_1d(sums_a, "sums_a"), _as_1d(sums_b, "sums_b"), _as_1d(counts, "counts")
+    if not (sa.shape == sb.shape == c.shape):
+        raise ValueError("paired_bootstrap_nll needs per-item sums of both strategies over the same items")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, c.size, size=(samples, c.size))
+    diffs = (sa[idx].sum(1) - sb[idx].sum(1)) / c[idx].sum(1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return Interval(float((sa.sum() - sb.sum()) / c.sum()), float(low), float(high), int(c.size))

@@ -1,0 +1,270 @@
+"""Report on a study directory (`clsharelora study`): cells aligned by task name, per-strategy means and
+95% intervals over seeds x orders, paired comparisons against a reference strategy, and a verdict in words.
+
+Cells of different task orders are comparable only through task names: a run's R has its columns in its
+own order, so every per-task quantity (forgetting, plasticity, the score after j later experiences) is
+keyed by task name here, and the order-level summaries (ACC, BWT, FWT, mean forgetting, mean plasticity)
+are each cell's own. Pairs for the paired comparisons are cells with the same seed and the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from clsharelora import metrics  # noqa: E402
+from clsharelora.errors import DataError  # noqa: E402
+
+from . import stats  # noqa: E402
+from .runs import SCORES, Run, load_run  # noqa: E402
+
+GRID = "grid.json"
+SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "plasticity")
+#: for each metric: is a larger value better?  (forgetting is signed positive = worse for both scores)
+BETTER_HIGH = {"acc": None, "bwt": True, "fwt": True, "forgetting": False, "plasticity": True}
+
+
+@dataclass(frozen=True)
+class Cell:
+    label: str
+    seed: int
+    order: int
+    run: Run
+
+
+def is_study(path: str | Path) -> bool:
+    return (Path(path) / GRID).is_file()
+
+
+def load_study_cells(root: str | Path) -> tuple[dict, list[Cell], list[str]]:
+    """(grid, complete cells, keys of cells that are missing or incomplete)."""
+    root = Path(root)
+    try:
+        grid = json.loads((root / GRID).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{root / GRID}: cannot be read as a study grid: {exc}") from None
+    cells, missing = [], []
+    for c in grid["cells"]:
+        run_dir = root / c["run"]
+        if not (run_dir / "results.json").is_file():
+            missing.append(c["key"])
+            continue
+        run = load_run(run_dir)
+        if not run.complete:
+            missing.append(c["key"])
+            continue
+        cells.append(Cell(c["label"], int(c["seed"]), int(c["order"]), run))
+    return grid, cells, missing
+
+
+def _acc_direction(score: str) -> bool:
+    return SCORES[score]
+
+
+def cell_table(cells: Sequence[Cell]) -> pd.DataFrame:
+    """One row per (cell, score): the order-level metrics and trainable parameters."""
+    rows = []
+    for c in cells:
+        for score in c.run.scores:
+            m = metrics.summarize(c.run.matrices[score], higher_is_better=SCORES[score])
+            rows.append({"label": c.label, "seed": c.seed, "order": c.order, "score": score,
+                         "trainable_params": c.run.cost.get("trainable_params", math.nan),
+                         **{k: m[k] for k in SUMMARY_METRICS}})
+    return pd.DataFrame(rows)
+
+
+def per_task_table(cells: Sequence[Cell]) -> pd.DataFrame:
+    """One row per (cell, score, task name): final score, forgetting and plasticity of that task."""
+    rows = []
+    for c in cells:
+        for score in c.run.scores:
+            R = c.run.matrices[score]
+            forget = metrics.forgetting_per_task(R, higher_is_better=SCORES[score])
+            plastic = metrics.plasticity_per_task(R, higher_is_better=SCORES[score])
+            for j, task in enumerate(c.run.tasks):
+                rows.append({"label": c.label, "seed": c.seed, "order": c.order, "score": score, "task": task,
+                             "position": j, "final": float(R[-1, j]), "forgetting": float(forget[j]),
+                             "plasticity": float(plastic[j])})
+    return pd.DataFrame(rows)
+
+
+def strategy_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% t interval of every metric per (strategy, score) over its cells."""
+    rows = []
+    for (label, score), g in table.groupby(["label", "score"], sort=False):
+        row = {"label": label, "score": score, "cells": len(g), "trainable_params": g["trainable_params"].iloc[0]}
+        for m in SUMMARY_METRICS:
+            values = g[m].dropna().to_numpy()
+            if values.size:
+                iv = stats.t_interval(values)
+                row.update({m: iv.mean, f"{m}_low": iv.low, f"{m}_high": iv.high})
+            else:
+                row.update({m: math.nan, f"{m}_low": math.nan, f"{m}_high": math.nan})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_table(table: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every strategy against `reference`: pairs are cells with the same seed and order."""
+    rows = []
+    ref = table[table["label"] == reference].set_index(["score", "seed", "order"])
+    for label in [lab for lab in table["label"].unique() if lab != reference]:
+        mine = table[table["label"] == label].set_index(["score", "seed", "order"])
+        for score in mine.index.get_level_values(0).unique():
+            common = mine.loc[score].index.intersection(ref.loc[score].index) if score in ref.index.get_level_values(0) else []
+            if len(common) == 0:
+                continue
+            for m in SUMMARY_METRICS:
+                d = (mine.loc[score].loc[common, m] - ref.loc[score].loc[common, m]).dropna().to_numpy()
+                if d.size == 0:
+                    continue
+                pc = stats.paired_comparison(d)
+                rows.append({"label": label, "reference": reference, "score": score, "metric": m, "pairs": pc.n_pairs,
+                             "mean_difference": pc.mean_difference, "t_low": pc.t_low, "t_high": pc.t_high,
+                             "boot_low": pc.boot_low, "boot_high": pc.boot_high, "p_value": pc.p_value,
+                             "mde": pc.mde, "resolved": pc.resolved})
+    return pd.DataFrame(rows)
+
+
+def _better(metric: str, score: str, diff: float) -> str:
+    high = BETTER_HIGH[metric]
+    if high is None:  # ACC: accuracy higher is better, NLL lower is better
+        high = SCORES[score]
+    return "better" if (diff > 0) == high else "worse"
+
+
+def verdicts(pairs: pd.DataFrame) -> list[str]:
+    """Sentences saying which differences the study resolves and which are below what it can detect."""
+    out = []
+    for _, r in pairs.iterrows():
+        what = f"{r['label']} vs {r['reference']}, {r['metric']} ({r['score']})"
+        if r["mean_difference"] == 0 and r["t_low"] == r["t_high"] == 0:
+            out.append(f"Identical: {what}: the same value in all {r['pairs']} pairs.")
+        elif r["resolved"]:
+            out.append(f"**Resolved**: {what}: difference {r['mean_difference']:+.4f} "
+                       f"(95% t CI {r['t_low']:+.4f}..{r['t_high']:+.4f}, bootstrap {r['boot_low']:+.4f}.."
+                       f"{r['boot_high']:+.4f}, sign-flip p = {r['p_value']:.3g}, {r['pairs']} pairs): "
+                       f"{_better(r['metric'], r['score'], r['mean_difference'])}.")
+        else:
+            floor = 2 / 2 ** r["pairs"]   # the smallest two-sided sign-flip p-value with this many pairs
+            why = (f"with {r['pairs']} pairs the sign-flip test cannot go below p = {floor:.3g} (6 pairs are "
+                   "needed for p < 0.05)") if floor >= 0.05 else (
+                f"with {r['pairs']} pairs the study detects (80% power) only differences of about "
+                f"{'∞' if math.isinf(r['mde']) else format(r['mde'], '.4f')} or more")
+            out.append(f"Not resolved: {what}: difference {r['mean_difference']:+.4f} "
+                       f"(95% t CI {r['t_low']:+.4f}..{r['t_high']:+.4f}, p = {r['p_value']:.3g}); {why}.")
+    return out
+
+
+def plot_task_curves(cells: Sequence[Cell], score: str, out: Path) -> Path:
+    """Per task: its score after 0, 1, 2, ... later experiences (aligned by task name across orders),
+    mean over cells per strategy with a 95% t band."""
+    tasks = sorted({t for c in cells for t in c.run.tasks})
+    labels = list(dict.fromkeys(c.label for c in cells))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for label in labels:
+            series: dict[int, list[float]] = {}
+            for c in cells:
+                if c.label != label or score not in c.run.matrices:
+                    continue
+                j = c.run.tasks.index(task)
+                R = c.run.matrices[score]
+                for later, row in enumerate(range(j + 1, R.shape[0])):
+                    series.setdefault(later, []).append(float(R[row, j]))
+            xs = sorted(series)
+            if not xs:
+                continue
+            ivs = [stats.t_interval(series[x]) for x in xs]
+            means = [iv.mean for iv in ivs]
+            line, = ax.plot(xs, means, marker="o", label=label)
+            if all(iv.n > 1 for iv in ivs):
+                ax.fill_between(xs, [iv.low for iv in ivs], [iv.high for iv in ivs], alpha=0.2, color=line.get_color())
+        ax.set_title(task)
+        ax.set_xlabel("experiences after it was trained")
+        ax.set_ylabel(score)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{score} of each task after its own experience (mean, 95% t band over seeds x orders)", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_params_vs_forgetting(summary: pd.DataFrame, score: str, out: Path) -> Path:
+    """Trainable parameters (x, log) against mean forgetting (y) with its 95% interval, one point per strategy."""
+    rows = summary[summary["score"] == score]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, r in rows.iterrows():
+        yerr = [[r["forgetting"] - r["forgetting_low"]], [r["forgetting_high"] - r["forgetting"]]]
+        ax.errorbar([r["trainable_params"]], [r["forgetting"]], yerr=yerr, fmt="o", capsize=4, label=r["label"])
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(f"forgetting ({score}; positive = worse)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.legend(fontsize=8)
+    ax.set_title("parameters vs forgetting (mean, 95% t interval over seeds x orders)", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def build_study_report(root: Path, out: Path, title: str, reference: str | None = None):
+    """Write tables and figures for the study in `root` under `out`; returns the report Page."""
+    from .report import Page
+
+    grid, cells, missing = load_study_cells(root)
+    if not cells:
+        raise DataError(f"{root}: no complete cell yet ({len(missing)} missing or incomplete)")
+    reference = reference or grid["strategies"][0]
+    out.mkdir(parents=True, exist_ok=True)
+    table = cell_table(cells)
+    tasks = per_task_table(cells)
+    summary = strategy_summary(table)
+    pairs = paired_table(table, reference)
+    table.to_csv(out / "cells.csv", index=False)
+    tasks.to_csv(out / "per_task.csv", index=False)
+    summary.to_csv(out / "strategies.csv", index=False)
+    pairs.to_csv(out / "paired.csv", index=False)
+
+    page = Page(title)
+    page.para(f"Study {grid['name']}: {len(grid['strategies'])} strategies x {len(grid['seeds'])} seeds x "
+              f"{len(grid['orders'])} orders; {len(cells)} complete cells"
+              + (f", {len(missing)} missing or incomplete (left out): {', '.join(missing)}" if missing else "")
+              + ". Orders: " + "; ".join(f"{k}: {' → '.join(o)}" for k, o in enumerate(grid["orders"])) + ".")
+    page.heading(2, "Answer")
+    for sentence in verdicts(pairs):
+        page.para(sentence)
+    page.heading(2, "Strategies (mean and 95% t interval over cells)")
+    heads = ["strategy", "score", "cells", "trainable", *SUMMARY_METRICS]
+    body = []
+    for _, r in summary.iterrows():
+        body.append([r["label"], r["score"], str(r["cells"]), f"{r['trainable_params']:,.0f}"] +
+                    [f"{r[m]:.4f} [{r[m + '_low']:.4f}, {r[m + '_high']:.4f}]" if not math.isnan(r[m]) else "—"
+                     for m in SUMMARY_METRICS])
+    page.table(heads, body)
+    page.heading(2, f"Paired against {reference} (same seed and order)")
+    page.table(["strategy", "score", "metric", "pairs", "mean diff", "t CI", "bootstrap CI", "p", "MDE", "resolved"],
+               [[r["label"], r["score"], r["metric"], str(r["pairs"]), f"{r['mean_difference']:+.4f}",
+                 f"{r['t_low']:+.4f}..{r['t_high']:+.4f}", f"{r['boot_low']:+.4f}..{r['boot_high']:+.4f}",
+                 f"{r['p_value']:.3g}", f"{r['mde']:.4f}", "yes" if r["resolved"] else "no"] for _, r in pairs.iterrows()])
+    page.heading(2, "Figures")
+    for score in [s for s in SCORES if s in table["score"].unique()]:
+        path = plot_task_curves(cells, score, out / "figures" / f"task_curves_{score}.png")
+        page.image(path, f"figures/{path.name}", f"per-task curves, {score}")
+        path = plot_params_vs_forgetting(summary, score, out / "figures" / f"params_vs_forgetting_{score}.png")
+        page.image(path, f"figures/{path.name}", f"parameters vs forgetting, {score}")
+    return page

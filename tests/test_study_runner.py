@@ -1,0 +1,112 @@
+"""`clsharelora study` end to end on tiny-llama: the grid on disk, --jobs 2 equal to --jobs 1, a killed
+study resumed equal to an uninterrupted one, bad study files rejected before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clsharelora.cli import main
+from clsharelora.paths import PROJECT_ROOT
+from clsharelora.study.grid import load_study
+
+STREAM = """name: tiny
+experiences:
+  - name: gsm8k
+    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 2, max_length: 64}
+    eval: {task: gsm8k, n: 2, shots: 0, max_new_tokens: 4}
+  - name: mmlu
+    train: {benchmark: mmlu, split: dev, n: 4, max_steps: 2, max_length: 64}
+    eval: {task: mmlu, n: 3, shots: 0}
+"""
+BASE = """model: tiny-llama
+stream: {stream}
+adapter: {{name: sharelora, variant: share_a, r: 2}}
+train: {{batch_size: 2, max_length: 64, checkpoint_every: 1}}
+eval: {{batch_size: 2}}
+loggers: ""
+"""
+
+
+def write_study(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "stream.yaml").write_text(STREAM)
+    (tmp_path / "base.yaml").write_text(BASE.format(stream=tmp_path / "stream.yaml"))
+    (tmp_path / "study.yaml").write_text(f"name: tiny\nbase: {tmp_path / 'base.yaml'}\n" + body)
+    return tmp_path / "study.yaml"
+
+
+def matrices(root: Path) -> dict:
+    grid = json.loads((root / "grid.json").read_text())
+    return {c["key"]: json.loads((root / c["run"] / "results.json").read_text())["matrices"] for c in grid["cells"]}
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_orders_are_seeded_permutations_starting_with_the_stream_order(tmp_path):
+    path = write_study(tmp_path, "strategies: [lora, 'sharelora:share_ab', {label: lora-r4, adapter: {name: lora, r: 4}}]\n"
+                                 "seeds: [0, 1]\norders: {permutations: 2, seed: 3}\n")
+    study = load_study(path)
+    assert study.orders == (("gsm8k", "mmlu"), ("mmlu", "gsm8k"))
+    assert len(study.cells) == 3 * 2 * 2
+    assert [s.adapter for s in study.strategies] == [
+        {"name": "lora", "r": 2}, {"name": "sharelora", "variant": "share_ab", "r": 2}, {"name": "lora", "r": 4}]
+    assert [e["name"] for e in study.stream_for(1)["experiences"]] == ["mmlu", "gsm8k"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("strategies: [lora]\nseeds: []\n", "'seeds' must be a non-empty list"),
+    ("strategies: [lora, lora]\nseeds: [0]\n", "strategy labels must differ"),
+    ("strategies: [lora]\nseeds: [0]\norders: {permutations: 3}\n", "permutations must be an integer in 1..2"),
+    ("strategies: [lora]\nseeds: [0]\norders: {explicit: [[gsm8k, code]]}\n", "is not a permutation"),
+    ("strategies: [nosuch]\nseeds: [0]\n", "unknown adapter strategy 'nosuch'"),
+    ("strategies: [lora]\nseeds: [0]\nsedes: [1]\n", "unknown key 'sedes'"),
+])
+def test_bad_study_files_are_one_error_and_write_nothing(tmp_path, capsys, body, message):
+    path = write_study(tmp_path, body)
+    assert main(["study", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_jobs_2_equals_jobs_1_and_a_killed_study_resumes_to_the_same_results(tmp_path):
+    path = write_study(tmp_path, "strategies: [lora, 'sharelora:share_a']\nseeds: [0]\n")
+    cli = [sys.executable, "-m", "clsharelora.cli", "study", "--config", str(path), "--no-progress"]
+    done = subprocess.run(cli + ["--out", str(tmp_path / "j2"), "--jobs", "2"], env=env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    status = (tmp_path / "j2" / "status.tsv").read_text()
+    assert status.count("\tdone\t") == 2, status
+
+    # --jobs 1, killed (with its cell process) once the first cell is done and the second has a checkpoint
+    proc = subprocess.Popen(cli + ["--out", str(tmp_path / "j1")], env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = tmp_path / "j1" / "runs" / "sharelora-share_a" / "seed0-order0" / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (second.is_dir() and any(second.iterdir())):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "j1" / "runs" / "lora" / "seed0-order0" / "results.json").is_file()
+    refused = subprocess.run(cli + ["--out", str(tmp_path / "j1")], env=env(), capture_output=True, text=True)
+    assert refused.returncode == 2 and "add --resume" in refused.stderr
+    resumed = subprocess.run(cli + ["--out", str(tmp_path / "j1"), "--resume"], env=env(), capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = matrices(tmp_path / "j2"), matrices(tmp_path / "j1")
+    assert a.keys() == b.keys()
+    for key in a:  # 1 vs 2 threads per cell: float reductions may differ in the last bits only
+        for score in a[key]:
+            np.testing.assert_allclose(np.array(a[key][score]), np.array(b[key][score]), rtol=1e-4, atol=1e-6)
+    assert main(["report", str(tmp_path / "j1"), "--out", str(tmp_path / "rep")]) == 0
+    assert "## Answer" in (tmp_path / "rep" / "report.md").read_text()
