@@ -86,7 +86,7 @@ def test_default_protocol_uses_the_fixed_cot_exemplars_whatever_the_seed():
     assert a.prompts[1] == b.prompts[0] and len(set(a.contexts)) == 1
     assert a.prompts[0] == a.contexts[0] + "Q: Q0: how many?\nA:"
     assert a.nll_pairs[0] == ("Question: Q0: how many?\nAnswer:", " Count them.\n#### 0")  # training format
-    assert GSM8KEvaluator(records=records, shots=8, max_new_tokens=64).label == "lm-eval:gsm8k_cot"
+    assert GSM8KEvaluator(records=records, shots=8, max_new_tokens=64).label == "lm-eval:gsm8k_cot+max_new_tokens=64"
     assert GSM8KEvaluator(records=records, shots=8, stop=["\n"]).label == "lm-eval:gsm8k_cot+custom_stop"
 
 

@@ -50,6 +50,7 @@ PROTOCOLS = {
                        re.compile(r"#### (\-?[0-9\.\,]+)"), False),
 }
 DEFAULT_PROTOCOL = "gsm8k_cot"
+MAX_NEW_TOKENS = 256    # lm-eval's HF backend default (gsm8k_cot sets no max_gen_toks)
 STOP = PROTOCOLS["seeded"].stop
 STRICT = PROTOCOLS["seeded"].strict
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -92,14 +93,15 @@ class GSM8KEvaluator(Evaluator):
     """Strict exact match is the accuracy; flexible-extract accuracy goes to `extra`.
 
     `protocol` "gsm8k_cot" (default) or "seeded" (see the module docstring); `shots` default 8 for both.
-    `stop` overrides the protocol's stop strings (the result is then labelled "<label>+custom_stop").
+    `stop` overrides the protocol's stop strings (the result is then labelled "<label>+custom_stop"), a
+    `max_new_tokens` other than lm-eval's 256 is appended to the label ("+max_new_tokens=96").
     """
 
     task = "gsm8k"
 
     def __init__(
         self, *, data_root=None, n: int | None = None, seed: int = 0, shots: int = 8, batch_size: int = 8,
-        max_new_tokens: int = 256, split: str = "test", autocast: bool = AUTOCAST_DEFAULT,
+        max_new_tokens: int = MAX_NEW_TOKENS, split: str = "test", autocast: bool = AUTOCAST_DEFAULT,
         keep_calc: bool = False, protocol: str = DEFAULT_PROTOCOL, stop: Sequence[str] | None = None,
         records: Sequence[Record] | None = None, shot_pool: Sequence[Record] | None = None,
     ):
@@ -129,6 +131,8 @@ class GSM8KEvaluator(Evaluator):
         self.batch_size, self.max_new_tokens, self.autocast = batch_size, max_new_tokens, autocast
         self.stop = self.protocol.stop if stop is None else tuple(stop)
         self.label = self.protocol.label + ("" if self.stop == self.protocol.stop else "+custom_stop")
+        if max_new_tokens != MAX_NEW_TOKENS:
+            self.label += f"+max_new_tokens={max_new_tokens}"
         cot = self.protocol.cot
         self.prompts = [prompt_for(r, self.shots, cot=cot) for r in self.records]
         self.contexts = [context_for(r, self.shots, cot=cot) for r in self.records]
