@@ -37,8 +37,8 @@ MMLU_PRO_COT_DESCRIPTION = (
 MMLU_PRO_COT_CUE = "Answer: Let's think step by step."
 MMLU_PRO_COT_UPSTREAM_CUE = "A: Let's think step by step. "
 
-# The 8 chain-of-thought exemplars of Wei et al. (2022, chain-of-thought prompting) as lm-eval's `gsm8k_cot` task ships them
-# (question, worked answer); the parity test checks them against lm-eval's YAML.
+# The 8 chain-of-thought exemplars of Wei et al. (2022, chain-of-thought prompting) as lm-eval's `gsm8k_cot`
+# task ships them (question, worked answer); the parity test checks them against lm-eval's YAML.
 GSM8K_COT_EXEMPLARS: tuple[tuple[str, str], ...] = (
     ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
      "there will be 21 trees. How many trees did the grove workers plant today?",
