@@ -263,10 +263,15 @@ def test_results_json_carries_protocol_and_nll_norm_and_old_readers_still_load_i
     store = ResultsStore({"stream": "s", "adapter": "lora", "model": "m", "seed": 0}, ["mmlu", "mmlu_pro"],
                          ["mmlu", "mmlu_pro"])
     store.add_row(cells)
+    store.add_row(cells)
     store.write(tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["scores"][0][0]["protocol"] == "lm-eval:mmlu" and data["scores"][0][1]["nll_norm"] == 1.7
-    assert data["matrices"]["nll"] == [[1.2, 2.0]]
+    assert data["matrices"]["nll"] == [[1.2, 2.0]] * 2
     run = load_run(tmp_path)
-    assert run.matrices["accuracy"].tolist() == [[0.5, 0.1]]
+    assert run.matrices["accuracy"].tolist() == [[0.5, 0.1]] * 2
     assert run.protocols == {"mmlu": "lm-eval:mmlu", "mmlu_pro": "clsharelora:mmlu_pro_letters"}
+    from analysis.report import build_report
+
+    page = build_report([run], tmp_path / "report", "t").markdown()
+    assert "**Evaluation protocols**: mmlu: lm-eval:mmlu; mmlu_pro: clsharelora:mmlu_pro_letters" in page
