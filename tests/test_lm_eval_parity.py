@@ -176,6 +176,9 @@ def test_mmlu_letter_predictions_equal_lm_eval_hf_backend(tmp_path):
             mine = letter_logprobs(model, tok, ours.prompts, ours.letters, batch_size=4, contexts=ours.contexts)
         # lm-eval's loglikelihood of " X" given the prompt is the log-softmax at the prompt's last position
         assert torch.allclose(mine, theirs.float(), atol=1e-4), (mine, theirs)
-        assert predict_letters(mine, [4] * len(mine)) == predict_letters(theirs, [4] * len(theirs))
+        top2 = mine.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1] > 1e-3).tolist()      # a float-noise tie may break either way
+        ours_pred, their_pred = predict_letters(mine, [4] * len(mine)), predict_letters(theirs, [4] * len(theirs))
+        assert [a for a, c in zip(ours_pred, clear) if c] == [b for b, c in zip(their_pred, clear) if c]
         compared += len(mine)
     assert compared == 6
