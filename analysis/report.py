@@ -127,6 +127,9 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     page.heading(2, "Runs")
     runs_rows = [[r.name, r.stream, r.model, r.label, str(r.seed), r.status, str(r.path)] for r in runs]
     page.table(["run", "stream", "model", "strategy", "seed", "status", "directory"], runs_rows)
+    protocols = sorted({(task, proto) for r in runs for task, proto in r.protocols.items()})
+    if protocols:  # "lm-eval:<task>": string-identical to that lm-eval task; "clsharelora:<name>": our own
+        page.para("**Evaluation protocols**: " + "; ".join(f"{task}: {proto}" for task, proto in protocols))
     incomplete = [r for r in runs if r.started and not r.complete]
     if incomplete:
         page.para(

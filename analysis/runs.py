@@ -55,6 +55,8 @@ class Run:
     cost: dict[str, float] = field(repr=False)
     #: how peak memory was measured ("cuda_allocated", "process_rss", ...), when the run says
     memory_kind: str | None = None
+    #: task -> evaluation protocol ("lm-eval:mmlu", "clsharelora:mmlu_pro_letters", ...), when the run says
+    protocols: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def T(self) -> int:
@@ -222,6 +224,11 @@ def load_run(path: str | Path) -> Run:
     if memory_kind is not None and not isinstance(memory_kind, str):
         raise DataError(f"{file}: field 'cost.peak_memory_kind' must be a string, got {memory_kind!r}")
 
+    scores = data.get("scores")
+    first_row = scores[0] if isinstance(scores, list) and scores and isinstance(scores[0], list) else []
+    protocols = {c["task"]: c["protocol"] for c in first_row
+                 if isinstance(c, dict) and isinstance(c.get("task"), str) and isinstance(c.get("protocol"), str)}
+
     return Run(
         path=file.parent,
         name=str(name),
@@ -236,6 +243,7 @@ def load_run(path: str | Path) -> Run:
         matrices=mats,
         cost=cost,
         memory_kind=memory_kind,
+        protocols=protocols,
     )
 
 

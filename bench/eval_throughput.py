@@ -188,7 +188,7 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
 
     mmlu = make_evaluator("mmlu", shots=mmlu_shots, batch_size=batch_size,
                           records=load_benchmark("mmlu", "test", n=mmlu_n, subjects=list(mmlu_subjects)))
-    gsm8k = make_evaluator("gsm8k", n=gsm8k_n, shots=gsm8k_shots, batch_size=batch_size,
+    gsm8k = make_evaluator("gsm8k", n=gsm8k_n, shots=gsm8k_shots, batch_size=batch_size, protocol="seeded",
                            max_new_tokens=max_new_tokens)
     model = load_model(model_name, device=dev)
     tokenizer = load_tokenizer(model_name)

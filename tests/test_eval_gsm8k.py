@@ -15,6 +15,7 @@ from clsharelora.evaluation.gsm8k import (
     GSM8KEvaluator, extract_flexible, extract_strict, is_correct, normalize_number,
 )
 from clsharelora.models import load_model, load_tokenizer
+from clsharelora.prompts import gsm8k_cot_exemplars
 
 
 def item(i: int, answer: str, split: str = "test") -> Record:
@@ -47,10 +48,16 @@ def test_normalisation_and_match():
     assert not is_correct(None, "5") and not is_correct("5.0", "5") and not is_correct("15", "5")
 
 
-def test_strict_and_flexible_accuracies_differ_where_they_should(monkeypatch):
+@pytest.mark.parametrize("protocol, outputs, stop, question", [
+    ("seeded", ["... #### 7", "so #### 1,000", "The answer is 42.", "#### 5 then 12"],
+     ("Question:", "</s>", "<|im_end|>", "\n\n\n"), "Question:"),
+    # lm-eval gsm8k_cot: strict-match is the first "The answer is N." ("#### 42" only flexible finds)
+    ("gsm8k_cot", ["... The answer is 7.", "so The answer is 1,000.", "#### 42", "The answer is 5. then 12"],
+     ("Q:", "</s>", "<|im_end|>"), "Q:"),
+])
+def test_strict_and_flexible_accuracies_differ_where_they_should(monkeypatch, protocol, outputs, stop, question):
     records = [item(0, "7"), item(1, "1000"), item(2, "42"), item(3, "12")]
-    outputs = ["... #### 7", "so #### 1,000", "The answer is 42.", "#### 5 then 12"]
-    ev = GSM8KEvaluator(records=records, shot_pool=POOL, shots=3)
+    ev = GSM8KEvaluator(records=records, shot_pool=POOL, shots=3, protocol=protocol)
     seen = {}
 
     def fake_generate(model, tokenizer, prompts, **kw):
@@ -62,17 +69,32 @@ def test_strict_and_flexible_accuracies_differ_where_they_should(monkeypatch):
     score = ev.evaluate(model, tok, progress=False)
     assert score.task == "gsm8k" and score.n == 4
     assert score.accuracy == pytest.approx(2 / 4)  # "#### 7", "#### 1,000"
-    assert score.extra["flexible_accuracy"] == 1.0  # also "42." and the last number 12 of "#### 5 then 12"
-    assert seen["stop"] == ("Question:", "</s>", "<|im_end|>", "\n\n\n")
-    assert all(p.count("Question:") == 4 for p in seen["prompts"])  # 3 shots + the query
+    assert score.extra["flexible_accuracy"] == 1.0  # also "42" and the last number 12 of "... 5 then 12"
+    assert seen["stop"] == stop
+    assert seen["skip_special_tokens"] == (protocol == "gsm8k_cot")  # lm-eval's HF backend skips them
+    assert all(p.count(question) == 4 for p in seen["prompts"])  # 3 shots + the query
+    assert score.protocol == {"seeded": "clsharelora:gsm8k_seeded", "gsm8k_cot": "lm-eval:gsm8k_cot"}[protocol]
+    assert score.as_dict()["protocol"] == score.protocol
     assert math.isfinite(score.nll) and score.nll > 0
+
+
+def test_default_protocol_uses_the_fixed_cot_exemplars_whatever_the_seed():
+    records = [item(i, str(i)) for i in range(3)]
+    a = GSM8KEvaluator(records=records, shots=8, seed=5)
+    b = GSM8KEvaluator(records=records[1:], shots=8, seed=6)
+    assert a.protocol.label == "lm-eval:gsm8k_cot" and a.shots == b.shots == gsm8k_cot_exemplars(8)
+    assert a.prompts[1] == b.prompts[0] and len(set(a.contexts)) == 1
+    assert a.prompts[0] == a.contexts[0] + "Q: Q0: how many?\nA:"
+    assert a.nll_pairs[0] == ("Question: Q0: how many?\nAnswer:", " Count them.\n#### 0")  # training format
+    assert GSM8KEvaluator(records=records, shots=8, max_new_tokens=64).label == "lm-eval:gsm8k_cot+max_new_tokens=64"
+    assert GSM8KEvaluator(records=records, shots=8, stop=["\n"]).label == "lm-eval:gsm8k_cot+custom_stop"
 
 
 def test_shot_selection_is_seeded_and_fixed_for_all_questions():
     records = [item(i, str(i)) for i in range(3)]
-    a = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=5)
-    b = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=5)
-    c = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=6)
+    a = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=5, protocol="seeded")
+    b = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=5, protocol="seeded")
+    c = GSM8KEvaluator(records=records, shot_pool=POOL, shots=8, seed=6, protocol="seeded")
     assert a.shots == b.shots and a.prompts == b.prompts
     assert a.shots != c.shots
     assert len(a.shots) == 8 and len({s.id for s in a.shots}) == 8
@@ -82,10 +104,10 @@ def test_shot_selection_is_seeded_and_fixed_for_all_questions():
 
 def test_shots_exclude_the_evaluated_items():
     records = POOL[:38]
-    ev = GSM8KEvaluator(records=records, shot_pool=POOL, shots=2, seed=0)
+    ev = GSM8KEvaluator(records=records, shot_pool=POOL, shots=2, seed=0, protocol="seeded")
     assert {s.id for s in ev.shots} == {POOL[38].id, POOL[39].id}
     with pytest.raises(ConfigError, match="shot pool"):
-        GSM8KEvaluator(records=records, shot_pool=POOL, shots=3)
+        GSM8KEvaluator(records=records, shot_pool=POOL, shots=3, protocol="seeded")
 
 
 def test_bad_options():
@@ -93,12 +115,16 @@ def test_bad_options():
         GSM8KEvaluator(records=[item(0, "1")], shots=0, max_new_tokens=0)
     with pytest.raises(ConfigError, match="no items"):
         GSM8KEvaluator(records=[], shots=0)
+    with pytest.raises(ConfigError, match="protocol must be one of gsm8k_cot, seeded, got 'gsm8k'"):
+        GSM8KEvaluator(records=[item(0, "1")], shots=0, protocol="gsm8k")
+    with pytest.raises(ConfigError, match="0..8"):
+        GSM8KEvaluator(records=[item(0, "1")], shots=9)
 
 
 def test_tiny_model_end_to_end_restores_mode():
     model, tok = load_model("tiny-llama", seed=3), load_tokenizer("tiny-llama")
     model.train()
-    ev = make_evaluator("gsm8k", records=[item(i, str(i)) for i in range(3)], shot_pool=POOL, shots=2,
+    ev = make_evaluator("gsm8k", records=[item(i, str(i)) for i in range(3)], shots=2,
                         max_new_tokens=6, batch_size=2)
     score = ev.evaluate(model, tok, progress=False)
     assert model.training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from types import SimpleNamespace
@@ -170,18 +171,107 @@ def test_smollm2_multiple_choice_scores_on_real_subsets(task, n):
 
 
 @pytest.mark.parametrize("cls", [MMLUEvaluator, MMLUProEvaluator])
-def test_zero_shot_nll_reuses_the_letter_forward_and_equals_a_separate_pass(cls, tok, monkeypatch):
+def test_nll_comes_from_the_zero_shot_letter_forward_and_equals_a_separate_pass(cls, tok, monkeypatch):
     from clsharelora.data import load_benchmark
     from clsharelora.evaluation.nll import answer_nll
 
     records = load_benchmark(cls.benchmark, "test", n=6, seed=int(torch.randint(0, 1000, (1,))))
     model = load_model("tiny-llama", seed=1)
-    reused = cls(records=records, shots=0, batch_size=4)
-    separate = answer_nll(model, tok, reused.nll_pairs, batch_size=4)
-    calls = []
-    monkeypatch.setattr(mc, "answer_nll", lambda *a, **k: calls.append(1))
-    score = reused.evaluate(model, tok, progress=False)
-    assert not calls, "zero-shot letter scoring must not run a second NLL pass"
-    assert score.nll == pytest.approx(separate, rel=1e-5)
-    with_shots = cls(records=records, shots=1, batch_size=4)
-    assert not with_shots._nll_is_gold_letter_logprob(tok)
+    for shots in (0, 1):   # with shots the zero-shot NLL prompt is scored by its own letter forward
+        ev = cls(records=records, shots=shots, batch_size=4)
+        separate = answer_nll(model, tok, ev.nll_pairs, batch_size=4)
+        calls = []
+        monkeypatch.setattr(mc, "answer_nll", lambda *a, **k: calls.append(1))
+        score = ev.evaluate(model, tok, progress=False)
+        monkeypatch.undo()
+        assert not calls, "a one-token letter reference must not run a second NLL pass"
+        assert score.nll == pytest.approx(separate, rel=1e-5)
+
+
+def test_option_normalised_nll_matches_the_hand_computed_value():
+    # two items, the second with 3 options: the " J" column (index 3 here) must not enter its normaliser
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0, -0.5], [-1.2, -0.7, -4.0, -0.01]], dtype=torch.float64)
+    got = mc.option_normalised_nll(logprobs, [4, 3], ["B", "A"])
+    first = -math.log(math.exp(-2.0) / (math.exp(-1.0) + math.exp(-2.0) + math.exp(-3.0) + math.exp(-0.5)))
+    second = -math.log(math.exp(-1.2) / (math.exp(-1.2) + math.exp(-0.7) + math.exp(-4.0)))
+    assert got == pytest.approx([first, second], rel=1e-12)
+    rng = torch.Generator().manual_seed(int(torch.randint(0, 10**6, (1,))))
+    lp = torch.randn(5, 10, generator=rng, dtype=torch.float64) * 3
+    ks = [3, 10, 4, 7, 2]
+    gold = [LETTERS[int(torch.randint(0, k, (1,), generator=rng))] for k in ks]
+    expected = [-math.log(math.exp(row[LETTERS.index(g)]) / sum(math.exp(v) for v in row[:k]))
+                for row, k, g in zip(lp.tolist(), ks, gold)]
+    assert mc.option_normalised_nll(lp, ks, gold) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ConfigError, match="gold letter 'D'"):
+        mc.option_normalised_nll(lp[:1], [3], ["D"])
+
+
+def test_option_normalised_nll_separates_which_letter_from_letter_mass(tok):
+    # the mock puts most mass on " J" (outside a 3-option item) and the rest on the gold letter: the raw NLL
+    # is large (format), the normalised one near zero (the right option among those offered)
+    items = [pro_item(i, "law", "ABC"[i % 3], 3) for i in range(6)]
+    ev = MMLUProEvaluator(records=items, shots=0)
+    model = LetterModel(len(tok), oracle(tok, ev, 0), decoy=letter_id(tok, "J"))
+    score = ev.evaluate(model, tok, progress=False)
+    assert score.nll > 9.0
+    assert score.extra["nll_norm"] == pytest.approx(math.log(1 + 2 * math.exp(-10.0)), rel=1e-4)
+    assert score.protocol == "clsharelora:mmlu_pro_letters"
+    assert score.as_dict()["nll_norm"] == score.extra["nll_norm"]
+
+
+def test_nll_norm_on_a_real_model_against_a_plain_forward(tok):
+    """Independent reference: one unbatched, uncached forward per zero-shot prompt, log-softmax, the option
+    letters' rows; raw NLL - nll_norm must be the mean -log of the option letters' total mass."""
+    from clsharelora.data import load_benchmark
+
+    records = load_benchmark("mmlu_pro", "test", n=4, seed=int(torch.randint(0, 1000, (1,))))
+    model = load_model("tiny-llama", seed=2)
+    ev = MMLUProEvaluator(records=records, shots=1, batch_size=3)
+    score = ev.evaluate(model, tok, progress=False)
+    norm, mass = [], []
+    with torch.no_grad():
+        for (prompt, _), r in zip(ev.nll_pairs, records):
+            ids = tok(prompt, return_tensors="pt")["input_ids"]
+            lp = model(input_ids=ids).logits[0, -1].double().log_softmax(-1)
+            letters = lp[[letter_id(tok, L) for L in LETTERS[: len(r.choices)]]]
+            norm.append(float(torch.logsumexp(letters, 0) - letters[LETTERS.index(r.answer)]))
+            mass.append(float(-torch.logsumexp(letters, 0)))
+    assert score.extra["nll_norm"] == pytest.approx(sum(norm) / len(norm), rel=1e-4)
+    assert score.nll - score.extra["nll_norm"] == pytest.approx(sum(mass) / len(mass), rel=1e-4)
+
+
+def test_protocol_labels_and_mmlu_pro_cot_generation_settings(tok, monkeypatch):
+    items = [pro_item(i, "math", "ABCD"[i], 4) for i in range(2)]
+    assert MMLUEvaluator(records=ITEMS, shots=0).label == "lm-eval:mmlu"
+    cot = MMLUProEvaluator(records=items, shots=0, mode="cot")
+    assert cot.label == "lm-eval:mmlu_pro" and cot.max_new_tokens == 2048 and cot.stop == ("Question:",)
+    assert MMLUProEvaluator(records=items, shots=0, mode="cot", max_new_tokens=512).label == \
+        "lm-eval:mmlu_pro+max_new_tokens=512"
+    seen = {}
+    monkeypatch.setattr(mc, "generate", lambda *a, **k: seen.update(k) or ["the answer is (A)"] * 2)
+    score = cot.evaluate(load_model("tiny-llama"), tok, progress=False)
+    assert seen["stop"] == ("Question:",) and seen["max_new_tokens"] == 2048 and seen["skip_special_tokens"]
+    assert score.as_dict()["protocol"] == "lm-eval:mmlu_pro" and math.isfinite(score.extra["nll_norm"])
+
+
+def test_results_json_carries_protocol_and_nll_norm_and_old_readers_still_load_it(tmp_path):
+    from analysis.runs import load_run
+    from clsharelora.training.results import ResultsStore
+
+    cells = [TaskScore("mmlu", 0.5, 1.2, 4, {"macro_accuracy": 0.5, "nll_norm": 0.9}, "lm-eval:mmlu").as_dict(),
+             TaskScore("mmlu_pro", 0.1, 2.0, 4, {"nll_norm": 1.7}, "clsharelora:mmlu_pro_letters").as_dict()]
+    store = ResultsStore({"stream": "s", "adapter": "lora", "model": "m", "seed": 0}, ["mmlu", "mmlu_pro"],
+                         ["mmlu", "mmlu_pro"])
+    store.add_row(cells)
+    store.add_row(cells)
+    store.write(tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["scores"][0][0]["protocol"] == "lm-eval:mmlu" and data["scores"][0][1]["nll_norm"] == 1.7
+    assert data["matrices"]["nll"] == [[1.2, 2.0]] * 2
+    run = load_run(tmp_path)
+    assert run.matrices["accuracy"].tolist() == [[0.5, 0.1]] * 2
+    assert run.protocols == {"mmlu": "lm-eval:mmlu", "mmlu_pro": "clsharelora:mmlu_pro_letters"}
+    from analysis.report import build_report
+
+    page = build_report([run], tmp_path / "report", "t").markdown()
+    assert "**Evaluation protocols**: mmlu: lm-eval:mmlu; mmlu_pro: clsharelora:mmlu_pro_letters" in page

@@ -6,7 +6,7 @@ import pytest
 
 from clsharelora.data.records import Record
 from clsharelora.errors import ConfigError, DataError
-from clsharelora.prompts import first_shots, prompt_for, random_shots, target_for
+from clsharelora.prompts import first_shots, gsm8k_cot_exemplars, prompt_for, random_shots, target_for
 
 
 def mmlu(i: int, subject: str = "abstract_algebra", answer: str = "B") -> Record:
@@ -91,14 +91,39 @@ def test_mmlu_pro_letter_format_goes_up_to_j():
 
 
 def test_mmlu_pro_cot_format_matches_lm_eval():
-    shot, query = pro(1, "math", k=3, answer="B"), pro(2, "math", k=3)
+    # lm-eval 0.4.13 mmlu_pro: description ends in ONE "\n", option text stripped, shot = item + cue + " " +
+    # cot_content without its "A: Let's think step by step. " (tests/test_lm_eval_parity.py renders real items)
+    shot = Record(**{**pro(1, "math", k=3, answer="B").__dict__, "choices": (" o0 ", "o1\n", "o2")})
+    query = pro(2, "math", k=3)
     assert prompt_for(query, (shot,), cot=True) == (
         "The following are multiple choice questions (with answers) about math. Think step by step and then "
-        'finish your answer with "the answer is (X)" where X is the correct letter choice.\n\n'
+        'finish your answer with "the answer is (X)" where X is the correct letter choice.\n'
         "Question:\nP1?\nOptions:\nA. o0\nB. o1\nC. o2\n"
         "Answer: Let's think step by step. Reason 1. The answer is (B).\n\n"
         "Question:\nP2?\nOptions:\nA. o0\nB. o1\nC. o2\nAnswer: Let's think step by step."
     )
+    # letter mode (the project's own protocol) keeps MMLU's description and the option text as is
+    assert prompt_for(shot).startswith("The following are multiple choice questions (with answers) about math.\n\n")
+    assert "\nA.  o0 \nB. o1\n\nC. o2\nAnswer:" in prompt_for(shot)
+
+
+def test_gsm8k_cot_format_is_lm_evals_gsm8k_cot():
+    shots = gsm8k_cot_exemplars(2)
+    assert [s.answer for s in gsm8k_cot_exemplars()] == ["6", "5", "39", "8", "9", "29", "33", "8"]
+    assert prompt_for(gsm(7), shots, cot=True) == (
+        "Q: There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are "
+        "done, there will be 21 trees. How many trees did the grove workers plant today?\nA: There are 15 trees "
+        "originally. Then there were 21 trees after some more were planted. So there must have been 21 - 15 = 6. "
+        "The answer is 6.\n\n"
+        "Q: If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?"
+        "\nA: There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.\n\n"
+        "Q: What is 7+1?\nA:"
+    )
+    assert prompt_for(gsm(7), cot=True) == "Q: What is 7+1?\nA:"
+    with pytest.raises(ConfigError, match="0..8"):
+        gsm8k_cot_exemplars(9)
+    with pytest.raises(ConfigError, match="cot"):
+        prompt_for(mmlu(0), cot=True)
 
 
 def test_code_formats():

@@ -13,16 +13,22 @@ from ..errors import ConfigError
 class TaskScore:
     """Scores of one task at one point of the stream. `accuracy` is the task's primary score in [0, 1]
     (GSM8K strict exact match, HumanEval pass@1, MMLU/MMLU-Pro letter accuracy); `nll` is the mean
-    per-token NLL of the reference answers under teacher forcing (nats/token)."""
+    per-token NLL of the reference answers under teacher forcing (nats/token). `protocol` names what the
+    numbers are comparable with: "lm-eval:<task>" where prompts, stop strings and generation settings are
+    string-identical to that lm-eval 0.4.13 task, "clsharelora:<name>" for the project's own protocols."""
 
     task: str
     accuracy: float
     nll: float
     n: int
     extra: dict[str, float] = field(default_factory=dict)
+    protocol: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "accuracy": self.accuracy, "nll": self.nll, "n": self.n, **self.extra}
+        out = {"task": self.task, "accuracy": self.accuracy, "nll": self.nll, "n": self.n, **self.extra}
+        if self.protocol:
+            out["protocol"] = self.protocol
+        return out
 
 
 class Evaluator(ABC):

@@ -202,6 +202,7 @@ def generate(
     contexts: Sequence[str] | None = None,
     temperature: float = 0.0,
     seed: int = 0,
+    skip_special_tokens: bool = False,
 ) -> list[str]:
     """Greedy completions of `prompts`, in input order, each cut at the first stop string (excluded).
 
@@ -212,6 +213,7 @@ def generate(
     chooses eval mode / inference mode / autocast (see `eval_context`).
     `temperature` > 0 samples from the plain softmax at that temperature (no top-k/top-p) instead, seeded by
     `seed` per batch without touching the global RNG (same prompts + batch_size + seed -> same samples).
+    `skip_special_tokens` decodes the completion without special tokens, as lm-eval's HF backend does.
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -253,7 +255,7 @@ def generate(
                     if tok in eos:
                         new = new[:j]
                         break
-                out[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=False), stop)
+                out[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=skip_special_tokens), stop)
             bar.update(len(batch))
     bar.close()
     return out  # type: ignore[return-value]

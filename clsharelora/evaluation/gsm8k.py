@@ -1,27 +1,58 @@
 """GSM8K evaluator: few-shot chain of thought, greedy generation, exact match on the final number.
 
-Follows lm-evaluation-harness `gsm8k`: "Question: ..\\nAnswer:" prompts with `shots` solved train exemplars,
-greedy decoding until "Question:" / "</s>" / "<|im_end|>" (plus "\\n\\n\\n", which ends a rambling small model
-early), and two extractions of the answer:
-- strict-match: the first `#### N` in the completion (the format the exemplars teach);
-- flexible-extract: the last number-like span anywhere (also catches "The answer is N").
-Both are compared to the gold number after lm-eval's normalisation (commas, "$", a trailing "." removed).
+Two named protocols (option `protocol`); each result carries its label (`TaskScore.protocol`):
+- "gsm8k_cot" (default, label "lm-eval:gsm8k_cot"): string-identical to lm-eval 0.4.13's `gsm8k_cot` -- the
+  first `shots` (8) of the fixed chain-of-thought exemplars of Wei et al. (2022), "Q: ..\\nA:" prompts,
+  greedy decoding until "Q:" / "</s>" / "<|im_end|>" (256 new tokens: lm-eval's HF default), special tokens
+  skipped when decoding; strict-match = the first "The answer is N." Chosen over lm-eval's `gsm8k` (5-shot)
+  because its exemplars are fixed: the prompt of an item does not depend on which other items are
+  evaluated or in what order (lm-eval's `gsm8k` draws shots per question from one running RNG, so no
+  subset can reproduce it), every question shares one context (KV cache), and it is the widely reported
+  8-shot chain-of-thought setting.
+- "seeded" (label "clsharelora:gsm8k_seeded", the project's earlier default): `shots` train exemplars drawn
+  once with `seed` in the training format "Question: ..\\nAnswer: .. #### N" (<<calc>> notes stripped unless
+  `keep_calc`), stop strings "Question:", "</s>", "<|im_end|>" and "\\n\\n\\n"; strict-match = the first
+  "#### N".
+Both report flexible-extract (the last number-like span) in `extra` and compare after lm-eval's
+normalisation (commas, "$", a trailing "." removed). The NLL is the same in both: the training target given
+the zero-shot training prompt.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 from ..data.records import Record
 from ..errors import ConfigError
-from ..prompts import context_for, prompt_for, random_shots, target_for
+from ..prompts import context_for, gsm8k_cot_exemplars, prompt_for, random_shots, target_for
 from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
 from .nll import answer_nll
 
-STOP = ("Question:", "</s>", "<|im_end|>", "\n\n\n")
-STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+
+@dataclass(frozen=True)
+class Protocol:
+    """One named evaluation protocol: how prompts are built, where generation stops, what strict-match reads."""
+
+    label: str
+    cot: bool                 # prompts_for(..., cot=True): lm-eval's gsm8k_cot format
+    stop: tuple[str, ...]
+    strict: re.Pattern
+    skip_special_tokens: bool
+
+
+PROTOCOLS = {
+    "gsm8k_cot": Protocol("lm-eval:gsm8k_cot", True, ("Q:", "</s>", "<|im_end|>"),
+                          re.compile(r"The answer is (\-?[0-9\.\,]+)."), True),
+    "seeded": Protocol("clsharelora:gsm8k_seeded", False, ("Question:", "</s>", "<|im_end|>", "\n\n\n"),
+                       re.compile(r"#### (\-?[0-9\.\,]+)"), False),
+}
+DEFAULT_PROTOCOL = "gsm8k_cot"
+MAX_NEW_TOKENS = 256    # lm-eval's HF backend default (gsm8k_cot sets no max_gen_toks)
+STOP = PROTOCOLS["seeded"].stop
+STRICT = PROTOCOLS["seeded"].strict
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _IGNORE = (re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
 
@@ -43,9 +74,9 @@ def _pick(matches: list, index: int) -> str | None:
     return match.strip() or None
 
 
-def extract_strict(completion: str) -> str | None:
-    """The number after the first "#### " (lm-eval strict-match), or None."""
-    return _pick(STRICT.findall(completion), 0)
+def extract_strict(completion: str, pattern: re.Pattern = STRICT) -> str | None:
+    """The first match of the protocol's strict pattern (default "#### N"; lm-eval strict-match), or None."""
+    return _pick(pattern.findall(completion), 0)
 
 
 def extract_flexible(completion: str) -> str | None:
@@ -60,26 +91,28 @@ def is_correct(extracted: str | None, gold: str) -> bool:
 class GSM8KEvaluator(Evaluator):
     """Strict exact match is the accuracy; flexible-extract accuracy goes to `extra`.
 
-    Shots: `shots` exemplars drawn once from the train split with `seed`, the same for every question (the
-    context is then constant over the stream, so score changes come from the model alone). `keep_calc`
-    keeps GSM8K's <<calc>> notes in exemplars and references (lm-eval keeps them; the loaders drop them by
-    default, which is what training sees).
+    `protocol` "gsm8k_cot" (default) or "seeded" (see the module docstring); `shots` default 8 for both.
+    `stop` overrides the protocol's stop strings (the result is then labelled "<label>+custom_stop"), a
+    `max_new_tokens` other than lm-eval's 256 is appended to the label ("+max_new_tokens=96").
     """
 
     task = "gsm8k"
 
     def __init__(
         self, *, data_root=None, n: int | None = None, seed: int = 0, shots: int = 8, batch_size: int = 8,
-        max_new_tokens: int = 256, split: str = "test", autocast: bool = AUTOCAST_DEFAULT,
-        keep_calc: bool = False, stop: Sequence[str] = STOP,
+        max_new_tokens: int = MAX_NEW_TOKENS, split: str = "test", autocast: bool = AUTOCAST_DEFAULT,
+        keep_calc: bool = False, protocol: str = DEFAULT_PROTOCOL, stop: Sequence[str] | None = None,
         records: Sequence[Record] | None = None, shot_pool: Sequence[Record] | None = None,
     ):
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"gsm8k: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if max_new_tokens < 1:
             raise ConfigError(f"gsm8k: max_new_tokens must be >= 1, got {max_new_tokens}")
         if batch_size < 1:
             raise ConfigError(f"gsm8k: batch_size must be >= 1, got {batch_size}")
         from ..data import load_benchmark, seeded_subset
 
+        self.protocol = PROTOCOLS[protocol]
         kw = {"keep_calc": True} if keep_calc else {}
         if records is None:
             records = load_benchmark("gsm8k", split, root=data_root, n=n, seed=seed, **kw)
@@ -87,14 +120,21 @@ class GSM8KEvaluator(Evaluator):
             records = seeded_subset(list(records), n, seed)
         if not records:
             raise ConfigError("gsm8k: no items to evaluate")
-        if shots and shot_pool is None:
-            shot_pool = load_benchmark("gsm8k", "train", root=data_root, **kw)
         self.records = list(records)
-        self.shots = random_shots(shot_pool or (), shots, seed=seed, exclude=(r.id for r in self.records))
+        if self.protocol.cot:
+            self.shots = gsm8k_cot_exemplars(shots)
+        else:
+            if shots and shot_pool is None:
+                shot_pool = load_benchmark("gsm8k", "train", root=data_root, **kw)
+            self.shots = random_shots(shot_pool or (), shots, seed=seed, exclude=(r.id for r in self.records))
         self.batch_size, self.max_new_tokens, self.autocast = batch_size, max_new_tokens, autocast
-        self.stop = tuple(stop)
-        self.prompts = [prompt_for(r, self.shots) for r in self.records]
-        self.contexts = [context_for(r, self.shots) for r in self.records]
+        self.stop = self.protocol.stop if stop is None else tuple(stop)
+        self.label = self.protocol.label + ("" if self.stop == self.protocol.stop else "+custom_stop")
+        if max_new_tokens != MAX_NEW_TOKENS:
+            self.label += f"+max_new_tokens={max_new_tokens}"
+        cot = self.protocol.cot
+        self.prompts = [prompt_for(r, self.shots, cot=cot) for r in self.records]
+        self.contexts = [context_for(r, self.shots, cot=cot) for r in self.records]
         self.nll_pairs = [(prompt_for(r), target_for(r)) for r in self.records]
         self.last_outputs: list[dict] = []
 
@@ -103,9 +143,9 @@ class GSM8KEvaluator(Evaluator):
         with eval_context(model, autocast=self.autocast):
             completions = generate(model, tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
                                    stop=self.stop, batch_size=self.batch_size, progress=label("generate"),
-                                   contexts=self.contexts)
+                                   contexts=self.contexts, skip_special_tokens=self.protocol.skip_special_tokens)
             nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size, progress=label("nll"))
-        strict = [extract_strict(c) for c in completions]
+        strict = [extract_strict(c, self.protocol.strict) for c in completions]
         flexible = [extract_flexible(c) for c in completions]
         strict_ok = [is_correct(s, r.answer) for s, r in zip(strict, self.records)]
         flexible_ok = [is_correct(f, r.answer) for f, r in zip(flexible, self.records)]
@@ -116,5 +156,5 @@ class GSM8KEvaluator(Evaluator):
         n = len(self.records)
         return TaskScore(
             task=self.task, accuracy=sum(strict_ok) / n, nll=nll, n=n,
-            extra={"flexible_accuracy": sum(flexible_ok) / n},
+            extra={"flexible_accuracy": sum(flexible_ok) / n}, protocol=self.label,
         )

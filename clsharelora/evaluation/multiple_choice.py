@@ -2,8 +2,19 @@
 
 Letter mode (lm-eval's loglikelihood scoring): the prediction is the argmax, over the options the item
 actually has, of the log-probabilities of " A", " B", ... at the position after "Answer:". MMLU-Pro's CoT mode
-generates a chain of thought and reads the first "answer is (X)" (lm-eval `mmlu_pro`); no match is wrong.
+generates a chain of thought and reads the first "answer is (X)"; no match is wrong.
 Accuracy is micro (over items); `macro_accuracy` averages per-subject (MMLU) / per-category (MMLU-Pro) means.
+
+Protocols (`TaskScore.protocol`): MMLU "lm-eval:mmlu" (string-identical to lm-eval 0.4.13's `mmlu`);
+MMLU-Pro CoT "lm-eval:mmlu_pro" (string-identical to its `mmlu_pro`: stop "Question:", 2048 new tokens,
+special tokens skipped when decoding); MMLU-Pro letters "clsharelora:mmlu_pro_letters" (no lm-eval task
+scores MMLU-Pro letters under MMLU's description: the project's own protocol). A `max_new_tokens` other than
+lm-eval's is appended to the label ("+max_new_tokens=512").
+
+Besides the raw NLL (`nll`: -log p(gold letter) under the full-vocabulary softmax), `extra["nll_norm"]` is
+the option-normalised NLL: -log of the gold letter's probability renormalised over the item's option letters
+only, on the same zero-shot prompt. Raw NLL = nll_norm + (-log of the mass the option letters get at all),
+so the raw NLL mixes format learning (any letter) with knowledge (which letter); nll_norm keeps the latter.
 """
 
 from __future__ import annotations
@@ -21,7 +32,8 @@ from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
 from .nll import answer_nll, encode_pair, letter_logprobs, letter_token_ids
 
-COT_STOP = ("Question:", "</s>", "<|im_end|>")
+COT_STOP = ("Question:",)       # lm-eval mmlu_pro's `until` (its HF backend adds EOS; generate() stops there)
+COT_MAX_NEW_TOKENS = 2048       # lm-eval mmlu_pro's max_gen_toks
 COT_ANSWER = re.compile(r"answer is \(?([ABCDEFGHIJ])\)?")
 MODES = ("letter", "cot")
 
@@ -42,6 +54,17 @@ def predict_letters(logprobs: torch.Tensor, n_options: Sequence[int]) -> list[st
     return preds
 
 
+def option_normalised_nll(logprobs: torch.Tensor, n_options: Sequence[int], gold: Sequence[str]) -> list[float]:
+    """Per item: -log softmax over its first n_options[i] letter log-probs, at the gold letter (nats)."""
+    out = []
+    for row, k, letter in zip(logprobs.double(), n_options, gold):
+        g = LETTERS.index(letter)
+        if not g < k <= row.shape[0]:
+            raise ConfigError(f"gold letter {letter!r} is not among the {k} scored options")
+        out.append(float(torch.logsumexp(row[:k], 0) - row[g]))
+    return out
+
+
 def micro_macro(correct: Sequence[bool], groups: Sequence[str]) -> tuple[float, float]:
     """(mean over items, mean over groups of the per-group mean)."""
     by_group: dict[str, list[bool]] = defaultdict(list)
@@ -60,10 +83,11 @@ class MultipleChoiceEvaluator(Evaluator):
     max_options: ClassVar[int] = 4
     shot_fallback: ClassVar[bool] = False
     modes: ClassVar[tuple[str, ...]] = ("letter",)
+    protocols: ClassVar[dict[str, str]] = {}   # mode -> label
 
     def __init__(
         self, *, data_root=None, n: int | None = None, seed: int = 0, shots: int = 5, batch_size: int = 8,
-        split: str = "test", mode: str = "letter", max_new_tokens: int = 512,
+        split: str = "test", mode: str = "letter", max_new_tokens: int = COT_MAX_NEW_TOKENS,
         autocast: bool = AUTOCAST_DEFAULT,
         records: Sequence[Record] | None = None, shot_pool: Sequence[Record] | None = None,
     ):
@@ -91,6 +115,10 @@ class MultipleChoiceEvaluator(Evaluator):
         self.contexts = [context_for(r, s, cot=cot) for r, s in zip(self.records, self.shots)]
         self.nll_pairs = [(prompt_for(r), target_for(r)) for r in self.records]
         self.letters = [" " + letter for letter in LETTERS[: self.max_options]]
+        self.stop = COT_STOP if cot else ()
+        self.label = self.protocols[mode]
+        if cot and max_new_tokens != COT_MAX_NEW_TOKENS:
+            self.label += f"+max_new_tokens={max_new_tokens}"
         self.last_outputs: list[dict] = []
 
     def _shots_for(self, record: Record, pool: list[Record], k: int) -> tuple[Record, ...]:
@@ -105,21 +133,27 @@ class MultipleChoiceEvaluator(Evaluator):
         return predict_letters(self._logprobs, [len(r.choices) for r in self.records])
 
     def _nll_is_gold_letter_logprob(self, tokenizer) -> bool:
-        """Zero-shot letter scoring already ran the NLL's forward: the NLL prompt is the scored prompt and
-        the reference is the one gold-letter token, so -log p(gold) is the NLL and a second pass is waste."""
-        if self.mode != "letter" or any(shots for shots in self.shots):
-            return False
-        for (prompt, target), scored, record in zip(self.nll_pairs, self.prompts, self.records):
+        """The NLL reference of every item is its one gold-letter token right after the zero-shot prompt, so
+        -log p(gold) from the letter forward on that prompt is the NLL and a separate pass is waste."""
+        for prompt, target in self.nll_pairs:
             ids, count = encode_pair(tokenizer, prompt, target)
-            gold = letter_token_ids(tokenizer, scored, [" " + record.answer])[0]
-            if prompt != scored or count != 1 or ids[-1] != gold:
+            gold = letter_token_ids(tokenizer, prompt, [target])[0]
+            if count != 1 or ids[-1] != gold:
                 return False
         return True
 
+    def _zero_shot_logprobs(self, model, tokenizer, label) -> torch.Tensor:
+        """Letter log-probs on the NLL's zero-shot prompts (reused from scoring when those are the prompts)."""
+        zero_shot = [prompt for prompt, _ in self.nll_pairs]
+        if self.mode == "letter" and zero_shot == self.prompts:
+            return self._logprobs
+        return letter_logprobs(model, tokenizer, zero_shot, self.letters, batch_size=self.batch_size,
+                               progress=label("nll letters"))
+
     def _cot_predictions(self, model, tokenizer, label) -> list[str | None]:
         completions = generate(model, tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
-                               stop=COT_STOP, batch_size=self.batch_size, progress=label("generate"),
-                               contexts=self.contexts)
+                               stop=self.stop, batch_size=self.batch_size, progress=label("generate"),
+                               contexts=self.contexts, skip_special_tokens=True)
         self.last_outputs = [{"id": r.id, "completion": c} for r, c in zip(self.records, completions)]
         return [extract_cot_letter(c) for c in completions]
 
@@ -130,22 +164,26 @@ class MultipleChoiceEvaluator(Evaluator):
                 preds = self._cot_predictions(model, tokenizer, label)
             else:
                 preds = self._letter_predictions(model, tokenizer, label)
+            zero_shot = self._zero_shot_logprobs(model, tokenizer, label)
             if self._nll_is_gold_letter_logprob(tokenizer):
                 gold = torch.tensor([LETTERS.index(r.answer) for r in self.records])
-                nll = float(-self._logprobs.double().gather(1, gold[:, None]).mean())
+                nll = float(-zero_shot.double().gather(1, gold[:, None]).mean())
             else:
                 nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size,
                                  progress=label("nll"))
+        n_options = [len(r.choices) for r in self.records]
+        nll_norm = option_normalised_nll(zero_shot, n_options, [r.answer for r in self.records])
         correct = [p == r.answer for p, r in zip(preds, self.records)]
         micro, macro = micro_macro(correct, [r.subject for r in self.records])
         if self.mode == "letter":
             self.last_outputs = [{"id": r.id} for r in self.records]
         for out, p, r in zip(self.last_outputs, preds, self.records):
             out.update(pred=p, gold=r.answer)
-        extra = {"macro_accuracy": macro}
+        extra = {"macro_accuracy": macro, "nll_norm": sum(nll_norm) / len(nll_norm)}
         if self.mode == "cot":
             extra["no_answer_rate"] = sum(p is None for p in preds) / len(preds)
-        return TaskScore(task=self.task, accuracy=micro, nll=nll, n=len(self.records), extra=extra)
+        return TaskScore(task=self.task, accuracy=micro, nll=nll, n=len(self.records), extra=extra,
+                         protocol=self.label)
 
 
 class MMLUEvaluator(MultipleChoiceEvaluator):
@@ -155,11 +193,12 @@ class MMLUEvaluator(MultipleChoiceEvaluator):
     benchmark = "mmlu"
     shot_split = "dev"
     max_options = 4
+    protocols = {"letter": "lm-eval:mmlu"}
 
 
 class MMLUProEvaluator(MultipleChoiceEvaluator):
     """MMLU-Pro: 5-shot from validation of the same category (filled up from other categories when short),
-    3-10 options A-J; mode "letter" (default) or "cot" (generation, `max_new_tokens`)."""
+    3-10 options A-J; mode "letter" (default; the project's protocol) or "cot" (lm-eval `mmlu_pro`)."""
 
     task = "mmlu_pro"
     benchmark = "mmlu_pro"
@@ -167,3 +206,4 @@ class MMLUProEvaluator(MultipleChoiceEvaluator):
     max_options = 10
     shot_fallback = True
     modes = MODES
+    protocols = {"letter": "clsharelora:mmlu_pro_letters", "cot": "lm-eval:mmlu_pro"}
