@@ -25,6 +25,8 @@ class ResultsStore:
         self.experiences = list(experiences)
         self.rows: list[list[dict[str, Any]]] = []
         self.cost: dict[str, Any] = {}
+        # per experience: what it trains on after the length policy (benchmarks/scenario.py TrainingData)
+        self.training_data: dict[str, dict[str, Any]] = {}
 
     @property
     def done(self) -> int:
@@ -60,7 +62,8 @@ class ResultsStore:
             "complete": self.complete,
             "matrices": {score: self.matrix(score).tolist() for score in SCORES} if self.rows else
                         {score: [] for score in SCORES},
-            "metrics": _jsonable(self.metrics()), "cost": self.cost, "scores": self.rows,
+            "metrics": _jsonable(self.metrics()), "cost": self.cost, "training_data": self.training_data,
+            "scores": self.rows,
         }
 
     def write(self, run_dir: str | Path) -> None:
@@ -77,6 +80,7 @@ class ResultsStore:
         store = cls(data["run"], data["tasks"], data["experiences"])
         store.rows = [list(r) for r in data.get("scores", [])]
         store.cost = dict(data.get("cost", {}))
+        store.training_data = dict(data.get("training_data", {}))  # absent in files written before it existed
         return store
 
     @classmethod
