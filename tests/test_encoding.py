@@ -126,12 +126,17 @@ def test_split_equals_lm_eval_where_the_prompt_has_no_trailing_whitespace(tok):
             assert (ids[:-n], ids[-n:]) == (context, continuation)
 
 
-def test_scored_nll_is_the_training_loss_of_the_same_tokens(tok):
-    """target_nlls and the training loss (HF's shifted cross-entropy on encode_example's labels, EOS left
-    out) are the same number: the same tokens are trained and scored."""
+@pytest.fixture(scope="module")
+def tiny_model():
     from clsharelora.models import load_model
 
-    model = load_model("tiny-llama", seed=3).eval()  # its 49k vocabulary covers both tokenizers' ids
+    return load_model("tiny-llama", seed=3).eval()  # its 49k vocabulary covers both tokenizers' ids
+
+
+def test_scored_nll_is_the_training_loss_of_the_same_tokens(tok, tiny_model):
+    """target_nlls and the training loss (HF's shifted cross-entropy on encode_example's labels, EOS left
+    out) are the same number: the same tokens are trained and scored."""
+    model = tiny_model
     pairs = [CASES[0], CASES[2], CASES[3], CASES[5], CASES[8]]
     for (prompt, target), (total, count) in zip(pairs, target_nlls(model, tok, pairs, batch_size=2)):
         example = encode_example(tok, prompt, target)
