@@ -87,11 +87,11 @@ def test_avalanche_loggers_receive_the_metrics(runs):
 
 
 def test_training_data_counts_are_in_the_results(runs):
-    """The tiny stream's max_length (192) drops some GSM8K examples; results.json says how many, per experience."""
+    """results.json says, per experience, what was trained after the length policy (tiny stream: 256 tokens,
+    every drawn example fits; the dropping itself is tested in tests/test_truncation.py)."""
     for label in ("lora", "sharelora-share_a-replay"):
         data = json.loads((runs / label / "results.json").read_text())["training_data"]
         assert list(data) == ["gsm8k", "mmlu"]
         for counts in data.values():
-            assert counts["max_length"] == 192 and counts["kept"] + counts["dropped_too_long"] == counts["examples"] == 8
-            assert counts["kept"] >= 1 and counts["target_tokens"] >= counts["kept"] and counts["longest"] > 0
-        assert data["gsm8k"]["dropped_too_long"] >= 1
+            assert counts["max_length"] == 256 and counts["kept"] + counts["dropped_too_long"] == counts["examples"] == 8
+            assert 0 < counts["longest"] <= 256 and counts["target_tokens"] >= counts["kept"]
