@@ -29,7 +29,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     schedule: str = "cosine"       # any transformers.get_scheduler name: cosine | linear | constant_with_warmup
     max_grad_norm: float | None = 1.0
-    max_length: int = 512          # tokens per training example (prompt + target), truncated from the left of the prompt
+    max_length: int = 512          # tokens per training example (prompt + target + EOS); longer ones are dropped, never cut
     bf16: bool = False             # autocast to bfloat16 (CPU or CUDA)
     gradient_checkpointing: bool = False
     reset_optimizer: bool = True   # fresh optimizer + schedule per experience (standard sequential fine-tuning)

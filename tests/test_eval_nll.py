@@ -62,16 +62,17 @@ def test_random_model_nll_is_near_uniform(tiny):
     assert 0.5 * math.log(len(tok)) < nll < 2 * math.log(len(tok))
 
 
-def test_encode_pair_falls_back_when_the_tokeniser_merges_the_boundary(tiny):
+def test_encode_pair_scores_the_straddling_token_when_the_tokeniser_merges_the_boundary(tiny):
     _, tok = tiny
     ids, n = encode_pair(tok, "Answer:", " 17")
     assert ids == tok("Answer: 17")["input_ids"] and n == len(tok(" 17", add_special_tokens=False)["input_ids"])
-    # "abc" + "def" tokenises as one word: the prompt's tokens are not a prefix of the pair's tokens
+    # "unbeliev" + "able": the joint text's token "vable" straddles the boundary; it is the first target token
+    # and the context is the prompt's own tokens before it (clsharelora.encoding; tests/test_encoding.py)
     prompt, target = "unbeliev", "able"
-    assert tok(prompt + target)["input_ids"][: len(tok(prompt)["input_ids"])] != tok(prompt)["input_ids"]
+    own = tok(prompt)["input_ids"]
+    assert tok(prompt + target)["input_ids"][: len(own)] != own
     ids, n = encode_pair(tok, prompt, target)
-    assert ids == tok(prompt)["input_ids"] + tok(target, add_special_tokens=False)["input_ids"]
-    assert n == len(tok(target, add_special_tokens=False)["input_ids"])
+    assert ids == tok(prompt + target)["input_ids"] and ids[:-n] == own[:-1] and tok.decode(ids[-n:]) == "vable"
     with pytest.raises(ConfigError, match="empty target"):
         encode_pair(tok, "x", "")
 

@@ -18,10 +18,10 @@ STREAM = """\
 name: resume
 experiences:
   - name: gsm8k
-    train: {benchmark: gsm8k, split: train, n: 8, max_steps: 2, max_length: 64}
+    train: {benchmark: gsm8k, split: train, n: 8, max_steps: 2, max_length: 256}
     eval: {task: gsm8k, n: 2, shots: 1, max_new_tokens: 4}
   - name: mmlu
-    train: {benchmark: mmlu, split: dev, n: 24, max_steps: 12, max_length: 64}
+    train: {benchmark: mmlu, split: dev, n: 24, max_steps: 12, max_length: 256}
     eval: {task: mmlu, n: 4, shots: 1}
 """
 

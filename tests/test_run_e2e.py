@@ -84,3 +84,14 @@ def test_avalanche_loggers_receive_the_metrics(runs):
     results = json.loads((runs / "lora" / "results.json").read_text())
     logged = [e.value for e in events.Scalars("Nll/Task/mmlu")]
     np.testing.assert_allclose(logged, [row[1]["nll"] for row in results["scores"]], rtol=1e-6)
+
+
+def test_training_data_counts_are_in_the_results(runs):
+    """results.json says, per experience, what was trained after the length policy (tiny stream: 256 tokens,
+    every drawn example fits; the dropping itself is tested in tests/test_truncation.py)."""
+    for label in ("lora", "sharelora-share_a-replay"):
+        data = json.loads((runs / label / "results.json").read_text())["training_data"]
+        assert list(data) == ["gsm8k", "mmlu"]
+        for counts in data.values():
+            assert counts["max_length"] == 256 and counts["kept"] + counts["dropped_too_long"] == counts["examples"] == 8
+            assert 0 < counts["longest"] <= 256 and counts["target_tokens"] >= counts["kept"]

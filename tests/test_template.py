@@ -11,7 +11,8 @@ from avalanche.core import SupervisedPlugin
 from transformers import AutoModelForCausalLM
 
 from clsharelora import registry
-from clsharelora.benchmarks.tokenized import IGNORE_INDEX, PadCollator, TokenizedPairs, encode_pair
+from clsharelora.benchmarks.scenario import fit_to_length
+from clsharelora.benchmarks.tokenized import IGNORE_INDEX, PadCollator, TokenizedPairs, encode_example
 from clsharelora.config import TrainConfig
 from clsharelora.models import configs
 from clsharelora.training.template import CausalLMTemplate, trainable_parameters
@@ -97,19 +98,22 @@ def test_trainable_parameters_lists_shared_tensors_once():
         "sharelora", "adapter", r=4, variant="share_ab").expected_params(model.base_model.model.config)
 
 
-def test_encode_pair_masks_prompt_and_truncates_prompt_first(tokenizer_free=None):
-    class Tok:
+def test_encode_example_masks_the_prompt_and_never_cuts():
+    class Tok:  # one token per character after a BOS of 1: the joint tokenisation is the concatenation
         eos_token_id = 2
 
         def __call__(self, text, add_special_tokens=True):
             ids = [ord(c) for c in text]
             return {"input_ids": ([1] if add_special_tokens else []) + ids}
 
-    enc = encode_pair(Tok(), "abcdef", "XY", max_length=100)
+    enc = encode_example(Tok(), "abcdef", "XY")
     assert enc["input_ids"] == [1, 97, 98, 99, 100, 101, 102, 88, 89, 2]
     assert enc["labels"] == [IGNORE_INDEX] * 7 + [88, 89, 2]
-    short = encode_pair(Tok(), "abcdef", "XY", max_length=5)
-    assert short["input_ids"] == [101, 102, 88, 89, 2] and short["labels"][-3:] == [88, 89, 2]
+    # over-long examples are dropped whole and counted, never cut (scenario.fit_to_length)
+    short = encode_example(Tok(), "ab", "X")
+    kept, ids, stats = fit_to_length([enc, short], ["long", "short"], experience="e", max_length=5, setting="k")
+    assert kept == [short] and ids == ["short"]
+    assert (stats.kept, stats.dropped_too_long, stats.target_tokens, stats.longest) == (1, 1, 2, 10)
 
 
 def test_pad_collator_right_pads_and_masks():

@@ -1,7 +1,10 @@
 """Tokenised (prompt, target) pairs for causal-LM training, and the collate that pads them.
 
-Prompt and target are tokenised separately and concatenated (prompt ids + target ids + EOS) so the label
-mask is exact: prompt tokens are -100, the model learns only the target and when to stop.
+Ids and label mask come from the shared encoding rule (`clsharelora.encoding.encode_pair`: prompt + target
+tokenised as one text, split at the prompt boundary), so training learns exactly the target tokens that
+scoring asks for; EOS is appended so the model also learns when to stop. Prompt tokens are -100.
+
+Nothing here cuts an example: over-long ones are dropped and counted by `scenario.fit_to_length`.
 """
 
 from __future__ import annotations
@@ -11,19 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from ..encoding import encode_pair
+
 IGNORE_INDEX = -100
 
 
-def encode_pair(tokenizer, prompt: str, target: str, max_length: int) -> dict[str, list[int]]:
-    """input_ids/labels for one example; over-long examples lose the start of the prompt first."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+def encode_example(tokenizer, prompt: str, target: str) -> dict[str, list[int]]:
+    """input_ids/labels for one training example: target + EOS labelled, prompt tokens -100; never cut
+    (the length policy is `scenario.fit_to_length`'s)."""
+    ids, n_target = encode_pair(tokenizer, prompt, target)
     if tokenizer.eos_token_id is not None:
-        target_ids = target_ids + [tokenizer.eos_token_id]
-    target_ids = target_ids[:max_length]
-    keep = max_length - len(target_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep > 0 else []
-    return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
+        ids, n_target = ids + [tokenizer.eos_token_id], n_target + 1
+    n_prompt = len(ids) - n_target
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]}
 
 
 class TokenizedPairs(Dataset):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..encoding import encode_pair
 from ..errors import ConfigError
 from .generation import context_cache, expand_cache, group_by_context, layout, length_sorted_batches, model_device, pad_id
 
@@ -27,23 +28,6 @@ def _last_logits(model, prefix: list[int], cache, queries: list[list[int]], keep
     out = model(input_ids=input_ids[:, len(prefix):], attention_mask=mask, position_ids=positions,
                 logits_to_keep=keep, use_cache=cache is not None, **kwargs)
     return out.logits[:, -keep:].float()
-
-
-def encode_pair(tokenizer, prompt: str, target: str) -> tuple[list[int], int]:
-    """(token ids of prompt+target, number of target tokens at the end).
-
-    The pair is tokenised as one string when the prompt's own tokens are a prefix of it (the target tokens
-    are then exactly those after the prompt, as the model sees them in training); when the tokeniser merges
-    across the boundary, prompt and target are tokenised separately and concatenated (lm-eval's rule).
-    """
-    if not target:
-        raise ConfigError(f"empty target for prompt ending {prompt[-40:]!r}: NLL needs at least one token")
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    full = tokenizer(prompt + target, add_special_tokens=True)["input_ids"]
-    if len(full) > len(prompt_ids) and full[: len(prompt_ids)] == prompt_ids:
-        return full, len(full) - len(prompt_ids)
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-    return prompt_ids + target_ids, len(target_ids)
 
 
 @torch.inference_mode()
@@ -85,23 +69,31 @@ def answer_nll(
 
 
 def letter_token_ids(tokenizer, prompt: str, letters: Sequence[str]) -> list[int]:
-    """The single token each letter continuation (" A", ...) becomes right after `prompt`.
+    """The single token each letter continuation (" A", ...) becomes right after `prompt`, by the shared
+    encoding rule (`clsharelora.encoding.encode_pair`): the letter's token in the joint tokenisation.
 
-    Resolved on the prompt's last line (where the tokenisation boundary lies); a letter that is not exactly
-    one token there cannot be scored from one forward and is a ConfigError.
+    One forward scores every letter only when, for each letter, prompt + letter tokenises as the prompt's
+    own tokens plus exactly one token (no multi-token letter, no token straddling the boundary); anything
+    else is a ConfigError. Resolved on the prompt's last line (where the boundary lies; the whole prompt
+    when that line is blank), so prompts ending in the same line share the letter ids.
     """
-    tail = prompt[prompt.rfind("\n") + 1:]
-    base = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    tail = _letter_context(prompt)
+    base = tokenizer(tail, add_special_tokens=True)["input_ids"]
     ids = []
     for letter in letters:
-        full = tokenizer(tail + letter, add_special_tokens=False)["input_ids"]
-        if full[: len(base)] != base or len(full) != len(base) + 1:
+        full, count = encode_pair(tokenizer, tail, letter)
+        if count != 1 or full[:-1] != base:
             raise ConfigError(
                 f"option letter {letter!r} after {tail[-30:]!r} is not a single token for this tokenizer; "
                 "letter scoring needs one token per letter"
             )
         ids.append(full[-1])
     return ids
+
+
+def _letter_context(prompt: str) -> str:
+    tail = prompt[prompt.rfind("\n") + 1:]
+    return tail if tail.strip() else prompt
 
 
 @torch.inference_mode()
@@ -120,7 +112,7 @@ def letter_logprobs(
     cache_ids: dict[str, list[int]] = {}
     letter_ids = []
     for prompt in prompts:
-        tail = prompt[prompt.rfind("\n") + 1:]
+        tail = _letter_context(prompt)
         if tail not in cache_ids:
             cache_ids[tail] = letter_token_ids(tokenizer, prompt, letters)
         letter_ids.append(cache_ids[tail])

@@ -26,6 +26,8 @@ class ResultsStore:
         self.rows: list[list[dict[str, Any]]] = []
         self.cost: dict[str, Any] = {}
         self.precision: dict[str, Any] = {}   # bf16 settings as requested and as used (CPU fallback to fp32)
+        # per experience: what it trains on after the length policy (benchmarks/scenario.py TrainingData)
+        self.training_data: dict[str, dict[str, Any]] = {}
 
     @property
     def done(self) -> int:
@@ -61,7 +63,7 @@ class ResultsStore:
             "complete": self.complete,
             "matrices": {score: self.matrix(score).tolist() for score in SCORES} if self.rows else
                         {score: [] for score in SCORES},
-            "metrics": _jsonable(self.metrics()), "cost": self.cost,
+            "metrics": _jsonable(self.metrics()), "cost": self.cost, "training_data": self.training_data,
             "precision": self.precision, "scores": self.rows,
         }
 
@@ -80,6 +82,7 @@ class ResultsStore:
         store.rows = [list(r) for r in data.get("scores", [])]
         store.cost = dict(data.get("cost", {}))
         store.precision = dict(data.get("precision", {}))
+        store.training_data = dict(data.get("training_data", {}))  # absent in files written before it existed
         return store
 
     @classmethod

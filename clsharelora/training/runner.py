@@ -251,8 +251,8 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     # Data next (missing/corrupt files fail here), still before anything is written or any weight is loaded.
     tokenizer = models.load_tokenizer(cfg.model)
     seed_everything(cfg.seed)
-    benchmark = make_benchmark(prep.stream, tokenizer, max_length=cfg.train.max_length, seed=cfg.seed,
-                               data_root=prep.data_root)
+    benchmark, training_data = make_benchmark(prep.stream, tokenizer, max_length=cfg.train.max_length,
+                                              seed=cfg.seed, data_root=prep.data_root)
     evaluators = []
     for exp in prep.stream.experiences:
         options = {"batch_size": cfg.eval.batch_size, "autocast": cfg.eval.autocast, **exp.eval_options}
@@ -274,6 +274,9 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         tasks=prep.stream.tasks, experiences=[e.name for e in prep.stream.experiences])
     store.cost.update(_param_costs(prep, model))
     store.precision = precision
+    store.training_data = {d.experience: d.to_dict() for d in training_data}
+    if dist.is_main:  # the length policy's drops, once per run (also in results.json `training_data`)
+        print("training data: " + "; ".join(d.summary() for d in training_data), file=sys.stderr, flush=True)
 
     cl_plugins = prep.cl.plugins(CLContext(seed=cfg.seed, datasets=[e.dataset for e in benchmark.train_stream],
                                            dist=dist))
