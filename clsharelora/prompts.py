@@ -8,7 +8,9 @@ Formats follow lm-evaluation-harness so scores are comparable with published num
             "\\n\\n" and followed by "\\n\\n" before the query. Training records loaded with
             train_prompt="sharelora_cot8" use the ShareLoRA authors' training prompt instead: their 8 CoT
             exemplars, "\\n\\nQuestion: {q}\\n\\nAnswer: " + the raw answer with "\\n####" -> " The final
-            answer is" (Rain9876/ShareLoRA sharelora/lora_llama3_share.py lines 1136-1145).
+            answer is" (Rain9876/ShareLoRA sharelora/lora_llama3_share.py lines 1136-1145). Records loaded
+            with train_prompt="gsm8k_cot" train in the `gsm8k_cot` shape itself: "Q: {q}\\nA:" + " {reasoning as
+            one paragraph} The answer is N." (the streams' default: trained on the text that is scored).
 - mmlu:     "The following are multiple choice questions (with answers) about {subject}.\\n\\n" + shots +
             "{q}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:" + " X" (lm-eval `mmlu`, default template).
 - mmlu_pro: letter style = the MMLU format with 3-10 options A-J (lm-eval `leaderboard_mmlu_pro` item format
@@ -219,6 +221,8 @@ def _query(record: Record, cot: bool) -> str:
     b = record.benchmark
     if b == "gsm8k" and record.meta.get("train_prompt") == "sharelora_cot8":
         return f"{SHARELORA_GSM8K_CONTEXT}\n\nQuestion: {record.question}\n\nAnswer: "
+    if b == "gsm8k" and record.meta.get("train_prompt") == "gsm8k_cot":
+        return f"Q: {record.question}\nA:"
     if b == "gsm8k":
         return f"Q: {record.question}\nA:" if cot else f"Question: {record.question}\nAnswer:"
     if b == "mmlu" or (b == "mmlu_pro" and not cot):
@@ -230,6 +234,14 @@ def _query(record: Record, cot: bool) -> str:
     if b == "mbpp":
         return record.question if record.meta.get("shape") == "humaneval" else _mbpp_prompt(record)
     return _alpaca_prompt(record)
+
+
+def gsm8k_cot_answer(record: Record) -> str:
+    """A GSM8K solution in the shape of lm-eval `gsm8k_cot`'s exemplars: the reasoning lines joined into one
+    paragraph, then "The answer is N." (N as after "####"), which is what that protocol's strict-match reads."""
+    reasoning = record.target.rsplit("####", 1)[0]
+    text = " ".join(line.strip() for line in reasoning.splitlines() if line.strip())
+    return f"{text} The answer is {record.answer}."
 
 
 def target_for(record: Record) -> str:
@@ -244,6 +256,8 @@ def target_for(record: Record) -> str:
         raise DataError(f"{record.id}: field 'target' is empty")
     if record.benchmark == "gsm8k" and record.meta.get("train_prompt") == "sharelora_cot8":
         return re.sub(r"\n####", " The final answer is", str(record.meta["raw_answer"]))
+    if record.benchmark == "gsm8k" and record.meta.get("train_prompt") == "gsm8k_cot":
+        return " " + gsm8k_cot_answer(record)
     if record.benchmark == "gsm8k":
         return " " + record.target.strip()
     return record.target

@@ -85,7 +85,10 @@ def test_default_protocol_uses_the_fixed_cot_exemplars_whatever_the_seed():
     assert a.protocol.label == "lm-eval:gsm8k_cot" and a.shots == b.shots == gsm8k_cot_exemplars(8)
     assert a.prompts[1] == b.prompts[0] and len(set(a.contexts)) == 1
     assert a.prompts[0] == a.contexts[0] + "Q: Q0: how many?\nA:"
-    assert a.nll_pairs[0] == ("Question: Q0: how many?\nAnswer:", " Count them.\n#### 0")  # training format
+    # the NLL reference is in the protocol's own answer shape (what the streams train on)
+    assert a.nll_pairs[0] == ("Q: Q0: how many?\nA:", " Count them. The answer is 0.")
+    seeded = GSM8KEvaluator(records=records, shots=2, seed=5, protocol="seeded", shot_pool=POOL)
+    assert seeded.nll_pairs[0] == ("Question: Q0: how many?\nAnswer:", " Count them.\n#### 0")
     assert GSM8KEvaluator(records=records, shots=8, max_new_tokens=64).label == "lm-eval:gsm8k_cot+max_new_tokens=64"
     assert GSM8KEvaluator(records=records, shots=8, stop=["\n"]).label == "lm-eval:gsm8k_cot+custom_stop"
 
@@ -144,3 +147,24 @@ def test_smollm2_gsm8k_scores_on_a_real_subset():
     print("first completion:", ev.last_outputs[0]["completion"][:300])
     assert score.n == 20 and 0.0 <= score.accuracy <= 1.0 and 0.0 <= score.extra["flexible_accuracy"] <= 1.0
     assert math.isfinite(score.nll) and 0.0 < score.nll < math.log(len(tok))
+
+
+def test_streams_train_gsm8k_in_the_shape_the_default_protocol_scores():
+    """A model that reproduces its training target exactly is correct under the default protocol's
+    strict-match, on every real training item; and the NLL reference is that same target."""
+    from clsharelora.benchmarks.stream import load_stream
+    from clsharelora.data import load_benchmark
+    from clsharelora.evaluation.gsm8k import DEFAULT_PROTOCOL, PROTOCOLS, extract_strict, is_correct
+    from clsharelora.prompts import prompt_for, target_for
+
+    for name in ("paper", "demo"):
+        spec = load_stream(name).experiences[0].train
+        assert spec.benchmark == "gsm8k" and spec.options.get("train_prompt") == "gsm8k_cot", name
+    protocol = PROTOCOLS[DEFAULT_PROTOCOL]
+    records = load_benchmark("gsm8k", "train", train_prompt="gsm8k_cot")
+    for r in records:
+        assert prompt_for(r) == f"Q: {r.question}\nA:"
+        assert is_correct(extract_strict(target_for(r), protocol.strict), r.answer), r.id
+    ev = make_evaluator("gsm8k", records=load_benchmark("gsm8k", "test")[:3], shots=8)
+    assert all(p.startswith("Q: ") and p.endswith("\nA:") and t.endswith(".") and "The answer is" in t
+               for p, t in ev.nll_pairs)

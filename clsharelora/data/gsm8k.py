@@ -4,8 +4,11 @@
 text it should learn to emit; the GSM8K paper used them only for its calculator-augmented sampler).
 lm-eval keeps the raw answer: pass keep_calc=True for that; the raw answer is also in meta["raw_answer"].
 `answer` is the number after "####" with thousands commas removed ("1,080" -> "1080").
-train_prompt="sharelora_cot8" marks records for the ShareLoRA authors' training prompt (8 CoT exemplars in
-the input, raw answer with "#### N" as "The final answer is N"; rendered by prompts.py, see docs/sharelora.md).
+train_prompt="gsm8k_cot" marks records for the format the default evaluation protocol (lm-eval `gsm8k_cot`)
+scores: "Q: {q}\nA:" + " {reasoning as one paragraph} The answer is N." -- so a model is trained on exactly
+the text its strict-match reads. train_prompt="sharelora_cot8" marks records for the ShareLoRA authors'
+training prompt (8 CoT exemplars in the input, raw answer with "#### N" as "The final answer is N"; rendered
+by prompts.py, see docs/sharelora.md).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .records import Record
 NAME = "gsm8k"
 SPLITS = ("train", "test")
 KWARGS = frozenset({"keep_calc", "train_prompt"})
-TRAIN_PROMPTS = ("plain", "sharelora_cot8")
+TRAIN_PROMPTS = ("plain", "gsm8k_cot", "sharelora_cot8")
 HUB_REPO, HUB_CONFIG = "openai/gsm8k", "main"
 
 _CALC = re.compile(r"<<[^<>]*>>")

@@ -14,14 +14,15 @@ Two named protocols (option `protocol`); each result carries its label (`TaskSco
   `keep_calc`), stop strings "Question:", "</s>", "<|im_end|>" and "\\n\\n\\n"; strict-match = the first
   "#### N".
 Both report flexible-extract (the last number-like span) in `extra` and compare after lm-eval's
-normalisation (commas, "$", a trailing "." removed). The NLL is the same in both: the training target given
-the zero-shot training prompt.
+normalisation (commas, "$", a trailing "." removed). The NLL is the reference answer in the protocol's own
+shape given its zero-shot prompt: "Q: ..\\nA:" + " .. The answer is N." for gsm8k_cot (the gsm8k loader's
+train_prompt="gsm8k_cot", what the streams train on), "Question: ..\\nAnswer:" + " .. #### N" for seeded.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..data.records import Record
@@ -41,13 +42,14 @@ class Protocol:
     stop: tuple[str, ...]
     strict: re.Pattern
     skip_special_tokens: bool
+    train_prompt: str          # the gsm8k loader's train_prompt whose target is this protocol's answer shape
 
 
 PROTOCOLS = {
     "gsm8k_cot": Protocol("lm-eval:gsm8k_cot", True, ("Q:", "</s>", "<|im_end|>"),
-                          re.compile(r"The answer is (\-?[0-9\.\,]+)."), True),
+                          re.compile(r"The answer is (\-?[0-9\.\,]+)."), True, "gsm8k_cot"),
     "seeded": Protocol("clsharelora:gsm8k_seeded", False, ("Question:", "</s>", "<|im_end|>", "\n\n\n"),
-                       re.compile(r"#### (\-?[0-9\.\,]+)"), False),
+                       re.compile(r"#### (\-?[0-9\.\,]+)"), False, "plain"),
 }
 DEFAULT_PROTOCOL = "gsm8k_cot"
 MAX_NEW_TOKENS = 256    # lm-eval's HF backend default (gsm8k_cot sets no max_gen_toks)
@@ -135,7 +137,9 @@ class GSM8KEvaluator(Evaluator):
         cot = self.protocol.cot
         self.prompts = [prompt_for(r, self.shots, cot=cot) for r in self.records]
         self.contexts = [context_for(r, self.shots, cot=cot) for r in self.records]
-        self.nll_pairs = [(prompt_for(r), target_for(r)) for r in self.records]
+        # the NLL reference is the answer in this protocol's own shape (the one the streams train on)
+        marked = [replace(r, meta={**r.meta, "train_prompt": self.protocol.train_prompt}) for r in self.records]
+        self.nll_pairs = [(prompt_for(r), target_for(r)) for r in marked]
         self.last_outputs: list[dict] = []
 
     def evaluate(self, model, tokenizer, *, progress: bool = True) -> TaskScore:
