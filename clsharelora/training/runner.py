@@ -27,7 +27,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from .. import atomic, models, registry
 from ..benchmarks.scenario import make_benchmark
 from ..benchmarks.stream import Stream, load_stream
-from ..config import RunConfig
+from ..config import RunConfig, accumulation_steps
 from ..errors import ConfigError, UserError
 from ..evaluation.base import make_evaluator
 from ..paths import PROJECT_ROOT, data_root
@@ -205,6 +205,8 @@ class CostPlugin(SupervisedPlugin, supports_distributed=True):
             peak = _peak_rss()
         self.store.cost["peak_memory_bytes"] = max(int(peak), int(self.store.cost.get("peak_memory_bytes", 0)))
         self.store.cost["peak_memory_kind"] = "cuda_allocated" if self.device.type == "cuda" else "process_rss"
+        steps = self.store.cost.setdefault("optimizer_steps", [])  # per experience; resumed with the cost
+        steps[strategy.exp_index:] = [strategy.exp_step]
 
 
 class ExperienceDone(SupervisedPlugin, supports_distributed=True):
@@ -244,6 +246,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     dist = Dist.from_environment(cfg.device) if cfg.device in ("auto", "cpu") else Dist.single(cfg.device)
     device = dist.device
     run_dir = prep.run_dir
+    accumulation = accumulation_steps(cfg.train, dist.world_size)  # before anything is written
 
     # Data next (missing/corrupt files fail here), still before anything is written or any weight is loaded.
     tokenizer = models.load_tokenizer(cfg.model)
@@ -267,7 +270,9 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         run={"name": cfg.name, "stream": prep.stream.name, "adapter": prep.adapter.name,
              "variant": prep.adapter.options.get("variant", prep.adapter.name), "cl": prep.cl.name,
              "model": cfg.model, "seed": cfg.seed, "adapter_options": prep.adapter.options,
-             "cl_options": prep.cl.options},
+             "cl_options": prep.cl.options,
+             "batching": {"global_batch": cfg.train.global_batch, "batch_size": cfg.train.batch_size,
+                          "processes": dist.world_size, "accumulation": accumulation}},
         tasks=prep.stream.tasks, experiences=[e.name for e in prep.stream.experiences])
     store.cost.update(_param_costs(prep, model))
 

@@ -7,8 +7,12 @@ What changes from SupervisedTemplate, and why:
   update as one big batch;
 - only trainable (adapter) parameters reach the optimizer, each shared tensor once; a fresh AdamW and a
   warmup + decay schedule per experience (configurable);
-- gradient clipping, bf16 autocast, gradient checkpointing, a seeded sampler that is identical on one
-  process with batch B*W and on W processes with batch B, and mid-experience resume (skip consumed batches).
+- the global batch (`train.global_batch` sequences per optimizer step, all processes together) is the
+  contract: accumulation is derived from it and the number of processes, so the optimizer steps of an
+  experience (ceil(examples / global_batch) per epoch) and the learning-rate schedule do not depend on the
+  hardware; the seeded sampler gives optimizer step k the same global_batch examples on any number of
+  processes (a plugin may replace it through `sampler_factory`, e.g. replay's fixed memory share);
+- gradient clipping, bf16 autocast, gradient checkpointing, and mid-experience resume (skip consumed batches).
 Plugins see the usual Avalanche callbacks; `before_update` fires once per optimizer step.
 """
 
@@ -25,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..config import TrainConfig
+from ..config import TrainConfig, accumulation_steps
 from .distributed import Dist
 from ..benchmarks.tokenized import IGNORE_INDEX
 
@@ -49,6 +53,8 @@ class CausalLMTemplate(SupervisedTemplate):
         self.seed = seed
         self.dist = dist or Dist.single()
         self.progress = progress
+        self.accumulation = accumulation_steps(train_config, self.dist.world_size)  # ConfigError if it does not divide
+        self.sampler_factory = None    # set by a plugin in after_train_dataset_adaptation, used for one experience
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no trainable parameters: apply an adapter first")
@@ -75,14 +81,22 @@ class CausalLMTemplate(SupervisedTemplate):
     def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
                               drop_last=False, **kwargs):
         self.exp_index = self.experience.current_experience
-        self.sampler = DistributedSampler(self.adapted_dataset, num_replicas=self.dist.world_size,
-                                          rank=self.dist.rank, shuffle=True, seed=self.seed * 1009 + self.exp_index,
-                                          drop_last=False)
+        factory, self.sampler_factory = self.sampler_factory, None
+        order_seed = self.seed * 1009 + self.exp_index
+        if factory is not None:
+            self.sampler = factory(self.adapted_dataset, rank=self.dist.rank, world_size=self.dist.world_size,
+                                   seed=order_seed, global_batch=self.cfg.global_batch)
+        else:
+            # Rank r takes positions r, r+W, ... of one seeded permutation, so step k consumes positions
+            # [k*G, (k+1)*G) of it on any number of processes W (padding only in the last step).
+            self.sampler = DistributedSampler(self.adapted_dataset, num_replicas=self.dist.world_size,
+                                              rank=self.dist.rank, shuffle=True, seed=order_seed, drop_last=False)
         generator = torch.Generator().manual_seed(self.seed)  # keeps DataLoader from drawing on the global RNG
         self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.train_mb_size, sampler=self.sampler,
                                      collate_fn=self.adapted_dataset.collate_fn, num_workers=num_workers,
                                      generator=generator, pin_memory=self.device.type == "cuda")
-        steps_per_epoch = math.ceil(len(self.dataloader) / self.cfg.grad_accum)
+        # = ceil(examples / global_batch): ceil(ceil(ceil(N/W)/B)/accum) = ceil(N/(W*B*accum))
+        steps_per_epoch = math.ceil(len(self.dataloader) / self.accumulation)
         budget = self.budgets.get(self.exp_index, {})
         exp_max_steps = budget.get("max_steps") or self.cfg.max_steps
         epochs = budget.get("epochs") or self.cfg.epochs
@@ -173,7 +187,7 @@ class CausalLMTemplate(SupervisedTemplate):
         self.resume_position = None
 
     def training_epoch(self, bar=None, **kwargs):
-        accum = self.cfg.grad_accum
+        accum = self.accumulation
         iterator = iter(self.dataloader)
         self.exp_microbatch = 0
         if self.resume_position and self.resume_position["exp_index"] == self.exp_index \
