@@ -196,3 +196,15 @@ def test_global_batch_that_does_not_divide_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train.global_batch=16 is not divisible by train.batch_size x "
                                           r"processes = 4 x 8 = 32; allowed: .*multiple of 32.*dividing 2 \(1, 2\)"):
         accumulation_steps(TrainConfig(global_batch=16, batch_size=4), 8)
+
+
+def test_an_old_config_with_grad_accum_says_what_to_write(tmp_path):
+    from clsharelora.cli import main
+    from clsharelora.config import from_dict
+    from clsharelora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.grad_accum was removed; use train.global_batch .*e.g. 16 for "
+                                          r"batch_size 4 x grad_accum 4 on one process"):
+        from_dict({"train": {"batch_size": 4, "grad_accum": 4}})
+    assert main(["run", "--model", "tiny-llama", "--set", "train.grad_accum=2", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

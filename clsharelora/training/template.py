@@ -44,6 +44,15 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return out
 
 
+def plan_steps(examples: int, global_batch: int, *, epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(optimizer steps, epochs to run) of one experience: ceil(examples / global_batch) steps per epoch
+    times epochs, or max_steps (then as many epochs as it takes). Nothing here depends on the processes."""
+    per_epoch = math.ceil(examples / global_batch)
+    if max_steps:
+        return max_steps, math.ceil(max_steps / max(per_epoch, 1))
+    return per_epoch * epochs, epochs
+
+
 class CausalLMTemplate(SupervisedTemplate):
     def __init__(self, *, model: torch.nn.Module, train_config: TrainConfig, seed: int = 0,
                  device: str | torch.device = "cpu", plugins=None, evaluator: EvaluationPlugin | None = None,
@@ -95,17 +104,11 @@ class CausalLMTemplate(SupervisedTemplate):
         self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.train_mb_size, sampler=self.sampler,
                                      collate_fn=self.adapted_dataset.collate_fn, num_workers=num_workers,
                                      generator=generator, pin_memory=self.device.type == "cuda")
-        # = ceil(examples / global_batch): ceil(ceil(ceil(N/W)/B)/accum) = ceil(N/(W*B*accum))
-        steps_per_epoch = math.ceil(len(self.dataloader) / self.accumulation)
         budget = self.budgets.get(self.exp_index, {})
-        exp_max_steps = budget.get("max_steps") or self.cfg.max_steps
-        epochs = budget.get("epochs") or self.cfg.epochs
-        if exp_max_steps:
-            self.steps_in_exp = exp_max_steps
-            self.train_epochs = math.ceil(exp_max_steps / steps_per_epoch)
-        else:
-            self.steps_in_exp = steps_per_epoch * epochs
-            self.train_epochs = epochs
+        # the epoch as all ranks see it: ceil(N/W)*W examples (padding), and ceil of that / G = ceil(N / G)
+        self.steps_in_exp, self.train_epochs = plan_steps(
+            len(self.sampler) * self.dist.world_size, self.cfg.global_batch,
+            epochs=budget.get("epochs") or self.cfg.epochs, max_steps=budget.get("max_steps") or self.cfg.max_steps)
 
     def _unpack_minibatch(self):
         self.mbatch = {k: v.to(self.device, non_blocking=True) for k, v in self.mbatch.items()}
