@@ -268,7 +268,9 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     model = _load_model(prep, device)
     store = ResultsStore(
         run={"name": cfg.name, "stream": prep.stream.name, "adapter": prep.adapter.name,
-             "variant": prep.adapter.options.get("variant", prep.adapter.name), "cl": prep.cl.name,
+             "variant": getattr(prep.adapter, "variant_label", None)  # lora's matched control: match_share_a
+             or prep.adapter.options.get("variant", prep.adapter.name),
+             "cl": prep.cl.name,
              "model": cfg.model, "seed": cfg.seed, "adapter_options": prep.adapter.options,
              "cl_options": prep.cl.options,
              "batching": {"global_batch": cfg.train.global_batch, "batch_size": cfg.train.batch_size,
@@ -331,6 +333,9 @@ def _param_costs(prep: Prepared, model) -> dict:
             lora = registry.create("lora", "adapter", r=opts["r"], targets=opts["targets"])
             base_config = getattr(model, "base_model", model).config if hasattr(model, "base_model") else model.config
             cost["lora_trainable_params"] = int(lora.expected_params(base_config))
+            matched = getattr(prep.adapter, "matched", lambda _: None)(base_config)  # LoRA at a matched count
+            if matched:
+                cost["matched"] = matched
         except (UserError, AttributeError, TypeError, KeyError):
             pass
     return cost
