@@ -203,7 +203,7 @@ def validate(config: RunConfig) -> None:
         (t.lr > 0, "train.lr must be > 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.global_batch >= 1, f"train.global_batch must be >= 1, got {t.global_batch}"),
-        (t.global_batch % t.batch_size == 0,
+        (t.batch_size < 1 or t.global_batch < 1 or t.global_batch % t.batch_size == 0,
          f"train.global_batch={t.global_batch} is not a multiple of train.batch_size={t.batch_size}; allowed: "
          f"a batch_size that divides global_batch ({', '.join(map(str, _divisors(t.global_batch)))})"),
         (t.epochs >= 1, "train.epochs must be >= 1"),
