@@ -32,7 +32,7 @@ def _dataset(batches: list[dict[str, torch.Tensor]]):
 def _train_config(batch: int, steps: int, device):
     from clsharelora.config import TrainConfig
 
-    return TrainConfig(lr=1e-4, batch_size=batch, grad_accum=1, max_steps=steps, bf16=bf16_used(device),
+    return TrainConfig(lr=1e-4, batch_size=batch, global_batch=batch, max_steps=steps, bf16=bf16_used(device),
                        max_grad_norm=1.0, warmup_ratio=0.03, schedule="cosine")
 
 

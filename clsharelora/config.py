@@ -22,8 +22,8 @@ class TrainConfig:
 
     lr: float = 2e-4
     weight_decay: float = 0.0
-    batch_size: int = 4            # micro-batch per process
-    grad_accum: int = 1            # micro-batches per optimizer step
+    global_batch: int = 4          # sequences per optimizer step, all processes together (the contract)
+    batch_size: int = 4            # micro-batch per process (memory); accumulation derived: accumulation_steps
     epochs: int = 1
     max_steps: int | None = None   # optimizer steps per experience; caps epochs when set
     warmup_ratio: float = 0.03
@@ -67,6 +67,12 @@ class RunConfig:
 
 
 _SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
+#: keys that were replaced: old key -> what to write instead
+_REPLACED = {
+    "train.grad_accum": "train.global_batch (sequences per optimizer step across all processes; accumulation "
+                        "is derived from it): write train.global_batch: <batch_size x grad_accum x processes of "
+                        "the old run>, e.g. 16 for batch_size 4 x grad_accum 4 on one process",
+}
 LOGGERS = ("text", "tensorboard", "wandb")
 
 
@@ -103,6 +109,8 @@ def _build(cls, data: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if f"{where}.{key}" in _REPLACED:
+            raise ConfigError(f"{where}.{key} was removed; use {_REPLACED[f'{where}.{key}']}")
         if key not in fields:
             raise ConfigError(f"unknown key {where + '.' if where else ''}{key}{did_you_mean(key, fields)}; "
                               f"known: {', '.join(fields)}")
@@ -166,13 +174,38 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0] if n >= 1 else []
+
+
+def accumulation_steps(train: TrainConfig, processes: int) -> int:
+    """Micro-batches per optimizer step on each process: global_batch / (batch_size x processes).
+
+    The global batch is the contract: the number of optimizer steps per experience and the learning-rate
+    schedule depend on it and the data only, never on how many processes share the work.
+    """
+    g, b = train.global_batch, train.batch_size
+    per_step = b * processes
+    if g % per_step:
+        allowed = f"a train.global_batch that is a multiple of {per_step}"
+        if g % processes == 0:
+            fits = ", ".join(map(str, _divisors(g // processes)))
+            allowed += f", or a train.batch_size dividing {g // processes} ({fits})"
+        raise ConfigError(f"train.global_batch={g} is not divisible by train.batch_size x processes = {b} x "
+                          f"{processes} = {per_step}; allowed: {allowed}")
+    return train.global_batch // per_step
+
+
 def validate(config: RunConfig) -> None:
     """Impossible values, caught before anything heavy happens."""
     t = config.train
     checks = [
         (t.lr > 0, "train.lr must be > 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
-        (t.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (t.global_batch >= 1, f"train.global_batch must be >= 1, got {t.global_batch}"),
+        (t.batch_size < 1 or t.global_batch < 1 or t.global_batch % t.batch_size == 0,
+         f"train.global_batch={t.global_batch} is not a multiple of train.batch_size={t.batch_size}; allowed: "
+         f"a batch_size that divides global_batch ({', '.join(map(str, _divisors(t.global_batch)))})"),
         (t.epochs >= 1, "train.epochs must be >= 1"),
         (t.max_steps is None or t.max_steps >= 1, "train.max_steps must be >= 1 (or null)"),
         (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),

@@ -1,13 +1,17 @@
 """Dry run: the model on the meta device (no weights read), the adapter applied, and a plan in text:
-parameter counts, a memory plan per process, and the stream. This is what CI checks of `make stream-llama2`.
+parameter counts, a memory plan per process, the batching (global batch, accumulation) and the stream with
+its optimizer steps per experience. This is what CI checks of `make stream-llama2`.
 """
 
 from __future__ import annotations
 
+import os
+
 from . import models, registry
 from .benchmarks.stream import load_stream
-from .config import RunConfig
-from .errors import ConfigError
+from .config import RunConfig, accumulation_steps
+from .errors import ConfigError, UserError
+from .training.template import plan_steps
 
 GiB = 1024 ** 3
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -30,6 +34,34 @@ def activation_bytes(config, *, batch: int, seq: int, dtype_bytes: int = 2) -> i
     layers, hidden, heads = config.num_hidden_layers, config.hidden_size, config.num_attention_heads
     per_layer = seq * batch * hidden * (34 + 5 * heads * seq / hidden)
     return int(layers * per_layer * dtype_bytes / 2)
+
+
+def planned_processes() -> int:
+    """The processes a launch here would use: accelerate/torchrun's WORLD_SIZE, else one per visible GPU."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE") or 0) or max(1, torch.cuda.device_count())
+
+
+def _accumulation(train, processes: int) -> str:
+    try:
+        return str(accumulation_steps(train, processes))
+    except ConfigError:
+        return "not divisible"
+
+
+def _experience_examples(spec, config: RunConfig) -> int | None:
+    """Training records of one experience (before tokenisation), or None when the data is not here."""
+    from .data import load_benchmark
+    from .paths import data_root
+
+    try:
+        root = data_root(config.data_root)
+        total = sum(len(load_benchmark(spec.train.benchmark, split, root=root, **spec.train.options))
+                    for split in spec.train.split.split("+"))
+    except UserError:
+        return None
+    return min(total, spec.train.n) if spec.train.n else total
 
 
 def dry_run(config: RunConfig) -> str:
@@ -69,6 +101,12 @@ def dry_run(config: RunConfig) -> str:
     if lora_params:
         lines.append(f"  vs LoRA same r/targets: {lora_params:,}  ({100 * trainable / lora_params:.1f}% of LoRA, "
                      f"{100 * (1 - trainable / lora_params):.1f}% fewer)")
+    matched = getattr(adapter, "matched", lambda _: None)(hf_config)
+    if matched:
+        relative = 100 * matched["residual"] / matched["target_params"]
+        lines.append(f"  matched to sharelora {matched['match']} r={matched['share_r']}: LoRA rank {matched['rank']}, "
+                     f"{matched['lora_params']:,} vs {matched['target_params']:,} "
+                     f"(residual {matched['residual']:+,}, {relative:+.2f}%)")
     lines += [
         f"  cl method:             {cl.name} {cl.options}",
         "memory plan per process (estimates):",
@@ -78,12 +116,29 @@ def dry_run(config: RunConfig) -> str:
         f" {acts / GiB:6.2f} GiB",
         f"  logits + grad (fp32):     {logits / GiB:8.2f} GiB",
         f"  total:                    {(weight_bytes + adapter_bytes + acts + logits) / GiB:8.2f} GiB",
-        f"stream {stream.name!r} ({len(stream.experiences)} experiences):",
+    ]
+    processes = planned_processes()
+    accumulation = accumulation_steps(t, processes)  # an impossible split is a ConfigError here too
+    others = ", ".join(f"{w}: {_accumulation(t, w)}" for w in (1, 2, 4, 8) if w != processes)
+    lines += [
+        "batching (the global batch fixes the optimizer steps and the LR schedule on any number of processes):",
+        f"  global batch {t.global_batch} = per-process batch {t.batch_size} x {processes} process(es) x "
+        f"{accumulation} accumulation",
+        f"  accumulation on other process counts: {others}",
+        f"stream {stream.name!r} ({len(stream.experiences)} experiences; steps = ceil(examples / {t.global_batch}) "
+        f"x epochs, or max_steps):",
     ]
     for i, e in enumerate(stream.experiences, 1):
         budget = ", ".join(f"{k}={v}" for k, v in (("n", e.train.n), ("epochs", e.train.epochs),
                                                     ("max_steps", e.train.max_steps)) if v)
-        lines.append(f"  {i}. {e.name}: train {e.train.benchmark}/{e.train.split} ({budget or 'all'}) "
+        examples = _experience_examples(e, config)
+        if examples is None:
+            steps = "steps: data not found"
+        else:
+            n_steps, _ = plan_steps(examples, t.global_batch, epochs=e.train.epochs or t.epochs,
+                                    max_steps=e.train.max_steps or t.max_steps)
+            steps = f"{examples} examples, {n_steps} steps"
+        lines.append(f"  {i}. {e.name}: train {e.train.benchmark}/{e.train.split} ({budget or 'all'}; {steps}) "
                      f"-> eval {e.task} {e.eval_options}")
     if trainable != expected:
         raise ConfigError("\n".join(lines) + "\ntrainable parameters differ from the closed form")

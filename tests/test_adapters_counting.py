@@ -108,3 +108,57 @@ def test_closed_form_rejects_regex_and_unknown_projection():
 ])
 def test_closed_form_accepts_module_suffixes_like_resolution(arch, config_fn, targets):
     assert _measured(arch, "share_a", 8, targets) == expected_params(config_fn(), "share_a", 8, targets)
+
+
+def hand_lora_rank_nearest(dims: dict, layers: int, r: int, variant: str) -> tuple[int, int]:
+    """Brute force, independent of the code: every LoRA rank up to r, the one with the count nearest the
+    ShareLoRA count (ties: the smaller rank)."""
+    target = hand_formula(dims, layers, r, variant)
+    rank = min(range(1, r + 1), key=lambda k: (abs(hand_formula(dims, layers, k, "lora") - target), k))
+    return rank, hand_formula(dims, layers, rank, "lora") - target
+
+
+@pytest.mark.parametrize("arch, config_fn, dims, layers, r", [
+    ("llama2-7b", configs.llama2_7b, LLAMA2_7B, 32, 64),
+    ("llama2-13b", configs.llama2_13b, LLAMA2_13B, 40, 64),
+    ("smollm2-135m", configs.smollm2_135m, SMOLLM2, 30, 8),
+    ("smollm2-135m", configs.smollm2_135m, SMOLLM2, 30, 64),
+])
+@pytest.mark.parametrize("targets", ["all-linear", "q,v", "q,k,v,o"])
+@pytest.mark.parametrize("variant", ["share_a", "share_b", "share_ab"])
+def test_matched_lora_rank_is_nearest_to_the_sharelora_count(arch, config_fn, dims, layers, r, targets, variant):
+    from clsharelora.adapters.counting import matched_lora_rank
+
+    picked = {k: v for k, v in dims.items() if targets == "all-linear" or k in targets.split(",")}
+    rank, residual = hand_lora_rank_nearest(picked, layers, r, variant)
+    got = matched_lora_rank(config_fn(), variant, r, targets)
+    assert (got["rank"], got["residual"]) == (rank, residual)
+    assert got["target_params"] == hand_formula(picked, layers, r, variant)
+    assert got["lora_params"] == hand_formula(picked, layers, rank, "lora")
+
+
+def test_matched_lora_literal_values_and_the_adapter_uses_that_rank():
+    """Llama-2-7B r=64: all-linear share_a -> rank 36 (+638,976 = +0.72%); the authors' q,v share_a -> rank 33
+    exactly; SmolLM2 r=8 share_ab -> rank 1, which still has 3.75x the parameters (LoRA cannot go lower)."""
+    from clsharelora import registry
+
+    lora = registry.create("lora", "adapter", r=64, match="share_a")
+    assert lora.matched(configs.llama2_7b()) == {
+        "match": "share_a", "share_r": 64, "rank": 36, "target_params": 89_309_184, "lora_params": 89_948_160,
+        "residual": 638_976}
+    assert lora.expected_params(configs.llama2_7b()) == 89_948_160 == count_trainable(lora.apply(_meta("llama2-7b")))
+    qv = registry.create("lora", "adapter", r=64, targets="q,v", match="share_a").matched(configs.llama2_7b())
+    assert (qv["rank"], qv["residual"]) == (33, 0)
+    ab = registry.create("lora", "adapter", r=8, match="share_ab").matched(configs.smollm2_135m())
+    assert (ab["rank"], ab["lora_params"], ab["target_params"]) == (1, 305_280, 81_408)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"match": "share_c"}, "option 'match' must be one of share_a, share_b, share_ab"),
+    ({"match": "share_a", "targets": "re:.*q_proj"}, "not the regex"),
+])
+def test_matched_lora_rejects_bad_options(options, fragment):
+    from clsharelora import registry
+
+    with pytest.raises(ConfigError, match=fragment):
+        registry.create("lora", "adapter", **options)

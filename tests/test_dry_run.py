@@ -20,6 +20,30 @@ def test_llama2_dry_run_prints_counts_plan_and_stream(capsys):
     assert not (PROJECT_ROOT / "runs" / "never-written").exists()
 
 
+def test_dry_run_prints_batching_steps_and_the_matched_lora(capsys, monkeypatch):
+    """Global batch 16 on 4 processes of batch 2: accumulation 2; steps = ceil(examples / 16) x epochs,
+    whatever the processes (MMLU-Pro: 70 validation items x 3 epochs -> 5 x 3 = 15)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    code = main(["run", "--config", str(PROJECT_ROOT / "configs" / "llama2-7b.yaml"), "--strategy", "lora",
+                 "--set", "adapter.match=share_a", "--out", "runs/never-written", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "global batch 16 = per-process batch 2 x 4 process(es) x 2 accumulation" in out
+    assert "accumulation on other process counts: 1: 8, 2: 4, 8: 1" in out
+    assert "(epochs=3; 70 examples, 15 steps)" in out and "(all; 7473 examples, 468 steps)" in out
+    assert "matched to sharelora share_a r=64: LoRA rank 36, 89,948,160 vs 89,309,184 (residual +638,976, +0.72%)" \
+        in out and "trainable parameters:  89,948,160  (closed form 89,948,160: OK)" in out
+
+
+def test_dry_run_rejects_a_global_batch_the_processes_cannot_split(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    code = main(["run", "--config", str(PROJECT_ROOT / "configs" / "llama2-7b.yaml"), "--set", "train.batch_size=4",
+                 "--out", "runs/never-written", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: train.global_batch=16 is not divisible by train.batch_size x processes = 4 x 8 = 32" in err
+
+
 def test_activation_estimate_is_korthikanti_formula():
     c = configs.llama2_7b()
     s, b, h, a, L = 1024, 4, c.hidden_size, c.num_attention_heads, c.num_hidden_layers

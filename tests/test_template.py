@@ -3,6 +3,8 @@ whole step, however it is split into micro-batches; prompt tokens never contribu
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
@@ -56,7 +58,7 @@ def _one_step_grads(model, examples, batch_size, accum):
                             collate_fn=PadCollator(0))
     bench = benchmark_from_datasets(train=[data])
     capture = GradCapture()
-    cfg = TrainConfig(lr=1e-3, batch_size=batch_size, grad_accum=accum, max_steps=1, warmup_ratio=0.0,
+    cfg = TrainConfig(lr=1e-3, batch_size=batch_size, global_batch=batch_size * accum, max_steps=1, warmup_ratio=0.0,
                       schedule="constant", max_grad_norm=None)
     strategy = CausalLMTemplate(model=model, train_config=cfg, plugins=[capture], progress=False)
     strategy.train(bench.train_stream[0])
@@ -121,3 +123,92 @@ def test_pad_collator_right_pads_and_masks():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+class StepRecorder(SupervisedPlugin):
+    """The example ids (first token) of every micro-batch, grouped by optimizer step."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self._current = [], []
+
+    def before_forward(self, strategy, **kwargs):
+        ids = strategy.mbatch["input_ids"][:, 0]
+        self._current += [int(i) for i in ids]
+
+    def before_update(self, strategy, **kwargs):
+        self.steps.append(self._current)
+        self._current = []
+
+
+def _tagged_dataset(n: int):
+    examples = [{"input_ids": [3 + i, 1, 2], "labels": [IGNORE_INDEX, 1, 2]} for i in range(n)]
+    return AvalancheDataset([TokenizedPairs(examples, [str(i) for i in range(n)])], collate_fn=PadCollator(0))
+
+
+def _planned_steps(n, batch_size, global_batch, world_size, rank, epochs=1, schedule_lrs=None):
+    from clsharelora.training.distributed import Dist
+
+    bench = benchmark_from_datasets(train=[_tagged_dataset(n)])
+    recorder = StepRecorder()
+    cfg = TrainConfig(lr=1e-3, batch_size=batch_size, global_batch=global_batch, epochs=epochs, warmup_ratio=0.25,
+                      schedule="cosine", max_grad_norm=None)
+    # A rank of a W-process job without a process group: collectives are the identity, the data split is real.
+    strategy = CausalLMTemplate(model=_model(), train_config=cfg, plugins=[recorder], progress=False, seed=3,
+                                dist=Dist(rank=rank, world_size=world_size))
+    lrs = []
+
+    class LR(SupervisedPlugin):
+        def before_update(self, s, **kwargs):
+            lrs.append(s.optimizer.param_groups[0]["lr"])
+
+    strategy.plugins.append(LR())
+    strategy.train(bench.train_stream[0])
+    return recorder.steps, lrs, strategy.steps_in_exp
+
+
+@pytest.mark.parametrize("n, batch_size, global_batch, world_size, epochs", [
+    (10, 2, 4, 2, 1), (13, 1, 6, 3, 2), (7, 2, 8, 4, 1), (16, 4, 8, 2, 1)])
+def test_global_batch_fixes_steps_schedule_and_step_contents_for_any_world_size(n, batch_size, global_batch,
+                                                                               world_size, epochs):
+    """The same config on 1 and on W processes: ceil(n / global_batch) optimizer steps per epoch, the same LR
+    schedule, and the union over ranks of step k's examples = the 1-process step k (padding aside)."""
+    one, lrs_one, planned_one = _planned_steps(n, batch_size, global_batch, 1, 0, epochs)
+    per_epoch = math.ceil(n / global_batch)
+    expected = per_epoch * epochs
+    assert planned_one == len(one) == expected
+    for e in range(epochs):  # one epoch = every example once, in full global batches but the last
+        epoch = one[e * per_epoch:(e + 1) * per_epoch]
+        assert all(len(s) == global_batch for s in epoch[:-1]) and sorted(sum(epoch, [])) == list(range(3, 3 + n))
+    ranks = [_planned_steps(n, batch_size, global_batch, world_size, r, epochs) for r in range(world_size)]
+    for steps, lrs, planned in ranks:
+        assert planned == len(steps) == expected
+        assert lrs == pytest.approx(lrs_one)
+    for k in range(expected):
+        union = set().union(*(set(steps[k]) for steps, _, _ in ranks))
+        if (k + 1) % per_epoch:  # every step but an epoch's last: exactly the same examples
+            assert union == set(one[k]) and sum(len(steps[k]) for steps, _, _ in ranks) == global_batch
+        else:  # the last step: the same examples, plus DistributedSampler's padding repeats of earlier ones
+            assert set(one[k]) <= union
+
+
+def test_global_batch_that_does_not_divide_is_a_config_error():
+    from clsharelora.config import accumulation_steps
+    from clsharelora.errors import ConfigError
+
+    assert accumulation_steps(TrainConfig(global_batch=16, batch_size=2), 4) == 2
+    with pytest.raises(ConfigError, match=r"train.global_batch=16 is not divisible by train.batch_size x "
+                                          r"processes = 4 x 8 = 32; allowed: .*multiple of 32.*dividing 2 \(1, 2\)"):
+        accumulation_steps(TrainConfig(global_batch=16, batch_size=4), 8)
+
+
+def test_an_old_config_with_grad_accum_says_what_to_write(tmp_path):
+    from clsharelora.cli import main
+    from clsharelora.config import from_dict
+    from clsharelora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.grad_accum was removed; use train.global_batch .*e.g. 16 for "
+                                          r"batch_size 4 x grad_accum 4 on one process"):
+        from_dict({"train": {"batch_size": 4, "grad_accum": 4}})
+    assert main(["run", "--model", "tiny-llama", "--set", "train.grad_accum=2", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

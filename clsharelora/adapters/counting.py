@@ -96,3 +96,21 @@ def expected_params(config: Any, variant: str, r: int, targets: Any = ALL_LINEAR
         total += (1 if "lora_A" in shared else layers) * r * d_in
         total += (1 if "lora_B" in shared else layers) * r * d_out
     return total
+
+
+def matched_lora_rank(config: Any, variant: str, r: int, targets: Any = ALL_LINEAR) -> dict[str, Any]:
+    """The LoRA rank whose closed-form count is nearest the count of ShareLoRA `variant` at rank r on the same
+    targets (the parameter-matched control: fewer parameters learn less and forget less).
+
+    LoRA's count is linear in its rank, k·c with c = Σ_m L_m·(d_in + d_out), so the nearest is floor or ceil
+    of target / c; a tie goes to the smaller rank (the control never gets more parameters than needed).
+    """
+    if variant not in SHARED_MATRICES or variant == "lora":
+        shared = ", ".join(v for v in SHARED_MATRICES if v != "lora")
+        raise ConfigError(f"option 'match': {variant!r} is not a ShareLoRA variant; allowed: {shared}")
+    target = expected_params(config, variant, r, targets)
+    per_rank = expected_params(config, "lora", 1, targets)
+    low = max(1, target // per_rank)
+    rank = min((low, low + 1), key=lambda k: (abs(k * per_rank - target), k))
+    return {"match": variant, "share_r": r, "rank": rank, "target_params": target,
+            "lora_params": rank * per_rank, "residual": rank * per_rank - target}

@@ -74,7 +74,7 @@ def estimate(study: Study, flops: float | None = None) -> str:
         return "\n".join(lines)
     n_base = _base_params(arch)
     t = config.train
-    global_batch = getattr(t, "global_batch", None) or t.batch_size * getattr(t, "grad_accum", 1)
+    global_batch = t.global_batch
     train_tokens = eval_tokens = 0
     for e in stream.experiences:
         items = _items(e.train.benchmark, e.train.split, e.train.n, e.train.options, config.data_root)

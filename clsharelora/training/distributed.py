@@ -55,6 +55,13 @@ class Dist:
             torch_dist.all_reduce(p.grad, op=torch_dist.ReduceOp.SUM)
             p.grad.div_(self.world_size)
 
+    def all_reduce_sum(self, tensors) -> None:
+        """Sum each tensor over all ranks, in place (identity on one process)."""
+        if not self.active:
+            return
+        for t in tensors:
+            torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+
     def sum_int(self, value: int) -> int:
         if not self.active:
             return int(value)

@@ -27,7 +27,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from .. import atomic, hardware, models, registry
 from ..benchmarks.scenario import make_benchmark
 from ..benchmarks.stream import Stream, load_stream
-from ..config import RunConfig
+from ..config import RunConfig, accumulation_steps
 from ..errors import ConfigError, UserError
 from ..evaluation.base import make_evaluator
 from ..paths import PROJECT_ROOT, data_root
@@ -206,6 +206,8 @@ class CostPlugin(SupervisedPlugin, supports_distributed=True):
             peak = _peak_rss()
         self.store.cost["peak_memory_bytes"] = max(int(peak), int(self.store.cost.get("peak_memory_bytes", 0)))
         self.store.cost["peak_memory_kind"] = "cuda_allocated" if self.device.type == "cuda" else "process_rss"
+        steps = self.store.cost.setdefault("optimizer_steps", [])  # per experience; resumed with the cost
+        steps[strategy.exp_index:] = [strategy.exp_step]
 
 
 class ExperienceDone(SupervisedPlugin, supports_distributed=True):
@@ -247,6 +249,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     run_dir = prep.run_dir
     # bf16 asked for on a CPU without native bf16 runs in fp32: warned here, recorded in results.json
     precision = hardware.precision_record(device, {"train.bf16": cfg.train.bf16, "eval.autocast": cfg.eval.autocast})
+    accumulation = accumulation_steps(cfg.train, dist.world_size)  # before anything is written
 
     # Data next (missing/corrupt files fail here), still before anything is written or any weight is loaded.
     tokenizer = models.load_tokenizer(cfg.model)
@@ -268,9 +271,13 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     model = _load_model(prep, device)
     store = ResultsStore(
         run={"name": cfg.name, "stream": prep.stream.name, "adapter": prep.adapter.name,
-             "variant": prep.adapter.options.get("variant", prep.adapter.name), "cl": prep.cl.name,
+             "variant": getattr(prep.adapter, "variant_label", None)  # lora's matched control: match_share_a
+             or prep.adapter.options.get("variant", prep.adapter.name),
+             "cl": prep.cl.name,
              "model": cfg.model, "seed": cfg.seed, "adapter_options": prep.adapter.options,
-             "cl_options": prep.cl.options},
+             "cl_options": prep.cl.options,
+             "batching": {"global_batch": cfg.train.global_batch, "batch_size": cfg.train.batch_size,
+                          "processes": dist.world_size, "accumulation": accumulation}},
         tasks=prep.stream.tasks, experiences=[e.name for e in prep.stream.experiences])
     store.cost.update(_param_costs(prep, model))
     store.precision = precision
@@ -333,6 +340,9 @@ def _param_costs(prep: Prepared, model) -> dict:
             lora = registry.create("lora", "adapter", r=opts["r"], targets=opts["targets"])
             base_config = getattr(model, "base_model", model).config if hasattr(model, "base_model") else model.config
             cost["lora_trainable_params"] = int(lora.expected_params(base_config))
+            matched = getattr(prep.adapter, "matched", lambda _: None)(base_config)  # LoRA at a matched count
+            if matched:
+                cost["matched"] = matched
         except (UserError, AttributeError, TypeError, KeyError):
             pass
     return cost

@@ -7,8 +7,12 @@ What changes from SupervisedTemplate, and why:
   update as one big batch;
 - only trainable (adapter) parameters reach the optimizer, each shared tensor once; a fresh AdamW and a
   warmup + decay schedule per experience (configurable);
-- gradient clipping, bf16 autocast, gradient checkpointing, a seeded sampler that is identical on one
-  process with batch B*W and on W processes with batch B, and mid-experience resume (skip consumed batches).
+- the global batch (`train.global_batch` sequences per optimizer step, all processes together) is the
+  contract: accumulation is derived from it and the number of processes, so the optimizer steps of an
+  experience (ceil(examples / global_batch) per epoch) and the learning-rate schedule do not depend on the
+  hardware; the seeded sampler gives optimizer step k the same global_batch examples on any number of
+  processes (a plugin may replace it through `sampler_factory`, e.g. replay's fixed memory share);
+- gradient clipping, bf16 autocast, gradient checkpointing, and mid-experience resume (skip consumed batches).
 Plugins see the usual Avalanche callbacks; `before_update` fires once per optimizer step.
 """
 
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import hardware
-from ..config import TrainConfig
+from ..config import TrainConfig, accumulation_steps
 from .distributed import Dist
 from ..benchmarks.tokenized import IGNORE_INDEX
 
@@ -41,6 +45,15 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return out
 
 
+def plan_steps(examples: int, global_batch: int, *, epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(optimizer steps, epochs to run) of one experience: ceil(examples / global_batch) steps per epoch
+    times epochs, or max_steps (then as many epochs as it takes). Nothing here depends on the processes."""
+    per_epoch = math.ceil(examples / global_batch)
+    if max_steps:
+        return max_steps, math.ceil(max_steps / max(per_epoch, 1))
+    return per_epoch * epochs, epochs
+
+
 class CausalLMTemplate(SupervisedTemplate):
     def __init__(self, *, model: torch.nn.Module, train_config: TrainConfig, seed: int = 0,
                  device: str | torch.device = "cpu", plugins=None, evaluator: EvaluationPlugin | None = None,
@@ -50,6 +63,8 @@ class CausalLMTemplate(SupervisedTemplate):
         self.seed = seed
         self.dist = dist or Dist.single()
         self.progress = progress
+        self.accumulation = accumulation_steps(train_config, self.dist.world_size)  # ConfigError if it does not divide
+        self.sampler_factory = None    # set by a plugin in after_train_dataset_adaptation, used for one experience
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no trainable parameters: apply an adapter first")
@@ -76,23 +91,25 @@ class CausalLMTemplate(SupervisedTemplate):
     def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
                               drop_last=False, **kwargs):
         self.exp_index = self.experience.current_experience
-        self.sampler = DistributedSampler(self.adapted_dataset, num_replicas=self.dist.world_size,
-                                          rank=self.dist.rank, shuffle=True, seed=self.seed * 1009 + self.exp_index,
-                                          drop_last=False)
+        factory, self.sampler_factory = self.sampler_factory, None
+        order_seed = self.seed * 1009 + self.exp_index
+        if factory is not None:
+            self.sampler = factory(self.adapted_dataset, rank=self.dist.rank, world_size=self.dist.world_size,
+                                   seed=order_seed, global_batch=self.cfg.global_batch)
+        else:
+            # Rank r takes positions r, r+W, ... of one seeded permutation, so step k consumes positions
+            # [k*G, (k+1)*G) of it on any number of processes W (padding only in the last step).
+            self.sampler = DistributedSampler(self.adapted_dataset, num_replicas=self.dist.world_size,
+                                              rank=self.dist.rank, shuffle=True, seed=order_seed, drop_last=False)
         generator = torch.Generator().manual_seed(self.seed)  # keeps DataLoader from drawing on the global RNG
         self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.train_mb_size, sampler=self.sampler,
                                      collate_fn=self.adapted_dataset.collate_fn, num_workers=num_workers,
                                      generator=generator, pin_memory=self.device.type == "cuda")
-        steps_per_epoch = math.ceil(len(self.dataloader) / self.cfg.grad_accum)
         budget = self.budgets.get(self.exp_index, {})
-        exp_max_steps = budget.get("max_steps") or self.cfg.max_steps
-        epochs = budget.get("epochs") or self.cfg.epochs
-        if exp_max_steps:
-            self.steps_in_exp = exp_max_steps
-            self.train_epochs = math.ceil(exp_max_steps / steps_per_epoch)
-        else:
-            self.steps_in_exp = steps_per_epoch * epochs
-            self.train_epochs = epochs
+        # the epoch as all ranks see it: ceil(N/W)*W examples (padding), and ceil of that / G = ceil(N / G)
+        self.steps_in_exp, self.train_epochs = plan_steps(
+            len(self.sampler) * self.dist.world_size, self.cfg.global_batch,
+            epochs=budget.get("epochs") or self.cfg.epochs, max_steps=budget.get("max_steps") or self.cfg.max_steps)
 
     def _unpack_minibatch(self):
         self.mbatch = {k: v.to(self.device, non_blocking=True) for k, v in self.mbatch.items()}
@@ -174,7 +191,7 @@ class CausalLMTemplate(SupervisedTemplate):
         self.resume_position = None
 
     def training_epoch(self, bar=None, **kwargs):
-        accum = self.cfg.grad_accum
+        accum = self.accumulation
         iterator = iter(self.dataloader)
         self.exp_microbatch = 0
         if self.resume_position and self.resume_position["exp_index"] == self.exp_index \
