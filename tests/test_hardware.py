@@ -275,7 +275,7 @@ ONE_EXP = """\
 name: one
 experiences:
   - name: gsm8k
-    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 2, max_length: 64}
+    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 2, max_length: 256}
     eval: {task: mmlu, n: 2, shots: 0}
 """
 

@@ -21,10 +21,10 @@ STREAM = """\
 name: epochs
 experiences:
   - name: gsm8k
-    train: {benchmark: gsm8k, split: train, n: 8, max_length: 96}
+    train: {benchmark: gsm8k, split: train, n: 8, max_length: 256}
     eval: {task: gsm8k, n: 2, shots: 1, max_new_tokens: 6}
   - name: mmlu
-    train: {benchmark: mmlu, split: dev, n: 12, epochs: 2, max_length: 96}
+    train: {benchmark: mmlu, split: dev, n: 12, epochs: 2, max_length: 256}
     eval: {task: mmlu, n: 4, shots: 1}
 """
 

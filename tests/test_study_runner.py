@@ -21,16 +21,16 @@ from clsharelora.study.grid import load_study
 STREAM = """name: tiny
 experiences:
   - name: gsm8k
-    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 2, max_length: 64}
+    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 2, max_length: 256}
     eval: {task: gsm8k, n: 2, shots: 0, max_new_tokens: 4}
   - name: mmlu
-    train: {benchmark: mmlu, split: dev, n: 4, max_steps: 2, max_length: 64}
+    train: {benchmark: mmlu, split: dev, n: 4, max_steps: 2, max_length: 256}
     eval: {task: mmlu, n: 3, shots: 0}
 """
 BASE = """model: tiny-llama
 stream: {stream}
 adapter: {{name: sharelora, variant: share_a, r: 2}}
-train: {{batch_size: 2, max_length: 64, checkpoint_every: 1}}
+train: {{batch_size: 2, max_length: 256, checkpoint_every: 1}}
 eval: {{batch_size: 2}}
 loggers: ""
 """
