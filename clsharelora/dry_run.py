@@ -71,6 +71,7 @@ def dry_run(config: RunConfig) -> str:
                      f"{100 * (1 - trainable / lora_params):.1f}% fewer)")
     lines += [
         f"  cl method:             {cl.name} {cl.options}",
+        *cl.plan(peft_model, trainable, len(stream.experiences)),
         "memory plan per process (estimates):",
         f"  base weights ({'4-bit' if config.load_in_4bit else config.dtype}): {weight_bytes / GiB:8.2f} GiB",
         f"  adapter + grads + AdamW:  {adapter_bytes / GiB:8.2f} GiB",

@@ -82,16 +82,18 @@ class CausalLMTemplate(SupervisedTemplate):
         self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.train_mb_size, sampler=self.sampler,
                                      collate_fn=self.adapted_dataset.collate_fn, num_workers=num_workers,
                                      generator=generator, pin_memory=self.device.type == "cuda")
-        steps_per_epoch = math.ceil(len(self.dataloader) / self.cfg.grad_accum)
-        budget = self.budgets.get(self.exp_index, {})
+        self.steps_in_exp, self.train_epochs = self.planned_steps(len(self.dataloader), self.exp_index)
+
+    def planned_steps(self, n_microbatches: int, exp_index: int) -> tuple[int, int]:
+        """(optimizer steps, epochs) of experience `exp_index` over `n_microbatches` per epoch and process;
+        also used by joint training to give the union the sequential run's total steps."""
+        steps_per_epoch = math.ceil(n_microbatches / self.cfg.grad_accum)
+        budget = self.budgets.get(exp_index, {})
         exp_max_steps = budget.get("max_steps") or self.cfg.max_steps
         epochs = budget.get("epochs") or self.cfg.epochs
         if exp_max_steps:
-            self.steps_in_exp = exp_max_steps
-            self.train_epochs = math.ceil(exp_max_steps / steps_per_epoch)
-        else:
-            self.steps_in_exp = steps_per_epoch * epochs
-            self.train_epochs = epochs
+            return exp_max_steps, math.ceil(exp_max_steps / steps_per_epoch)
+        return steps_per_epoch * epochs, epochs
 
     def _unpack_minibatch(self):
         self.mbatch = {k: v.to(self.device, non_blocking=True) for k, v in self.mbatch.items()}
@@ -133,6 +135,12 @@ class CausalLMTemplate(SupervisedTemplate):
         # The HF loss is sum(token NLL) / num_items_in_batch; gradients of all micro-batches and all ranks
         # add up to the gradient of the mean over the whole optimizer step.
         return self.mb_output.loss * self.dist.world_size
+
+    def step_token_mean(self, token_sum: torch.Tensor) -> torch.Tensor:
+        """A micro-batch's sum of a per-target-token loss term, scaled like the task loss in `criterion`, so
+        that over all micro-batches and processes it adds up to the term's mean over the step's target tokens
+        (for CL methods that add a token-level term in `before_backward`, e.g. LwF's distillation)."""
+        return token_sum / self._step_tokens * self.dist.world_size
 
     def optimizer_step(self):
         params = trainable_parameters(self.model)
