@@ -51,12 +51,16 @@ class OLoRAPlugin(SupervisedPlugin, supports_distributed=True):
         self.last_penalty = (0.0, 0.0)       # (orthogonality, l2) of the last optimizer step
 
     # ------------------------------------------------------------ lifecycle
-    def _freeze_trained(self) -> None:
+    def _add_frozen(self) -> str:
+        """One more frozen adapter (peft's add_adapter, tied like the trained one), active from now on."""
         name = f"{FROZEN_PREFIX}{len(self.frozen)}"
         copies.add_copy(self.model, name)
-        copies.copy_weights(self.model, copies.TRAINED, name)
         self.frozen.append(name)
         copies.activate(self.model, [copies.TRAINED, *self.frozen])
+        return name
+
+    def _freeze_trained(self) -> None:
+        copies.copy_weights(self.model, copies.TRAINED, self._add_frozen())
         self._reinit_trained(len(self.frozen))
 
     def _reinit_trained(self, t: int) -> None:
@@ -114,11 +118,7 @@ class OLoRAPlugin(SupervisedPlugin, supports_distributed=True):
 
     def load_state_dict(self, state: dict) -> None:
         for values in state["frozen"][len(self.frozen):]:
-            name = f"{FROZEN_PREFIX}{len(self.frozen)}"
-            copies.add_copy(self.model, name)
-            copies.load_tensors(self.model, name, values)
-            self.frozen.append(name)
-        copies.activate(self.model, [copies.TRAINED, *self.frozen])
+            copies.load_tensors(self.model, self._add_frozen(), values)
 
     def save_adapters(self, model, directory: Path) -> None:
         """Beside the trained adapter: every frozen adapter this row was scored with."""
@@ -173,10 +173,10 @@ class OLoRA(CLStrategy):
         """Dry run: build every experience's adapters on the (meta-device) model and check the counts against
         the closed form trainable = P, adapter total = (t + 1) * P for experience t (P = one adapter)."""
         plugin = OLoRAPlugin(model, lambda_1=0.0, lambda_2=0.0, norm="squared", seed=0)
-        lines, bad = ["o-lora parameters per experience (trainable / all adapters; closed form P, (t+1)*P):"], []
+        lines, bad = ["  o-lora parameters per experience (trainable / all adapters; closed form P, (t+1)*P):"], []
         for t in range(n_experiences):
             while len(plugin.frozen) < t:
-                plugin._freeze_trained()
+                plugin._add_frozen()   # structure only: meta tensors hold no values to copy
             params = {id(p): p for n, p in model.named_parameters() if "lora_" in n}.values()
             total = sum(p.numel() for p in params)
             trainable = sum(p.numel() for p in params if p.requires_grad)
