@@ -27,7 +27,11 @@ def add_copy(model, name: str) -> None:
     """Add adapter `name` with the trained adapter's config (tied the same way), frozen, not yet filled."""
     from clsharelora.adapters.sharing import SPEC_ATTR, SharingSpec, tie
 
-    model.add_adapter(name, copy.deepcopy(model.peft_config[TRAINED]))
+    # peft initialises the new layers from the global RNG; forking keeps the run's RNG stream (dropout masks)
+    # the same whether the copy is made in this process or re-made on resume before the RNG is restored
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        model.add_adapter(name, copy.deepcopy(model.peft_config[TRAINED]))
     spec = getattr(model, SPEC_ATTR, None)
     if spec is not None and spec.shared:
         tie(model, SharingSpec(variant=spec.variant, groups=spec.groups, adapter_name=name))

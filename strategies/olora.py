@@ -65,7 +65,7 @@ class OLoRAPlugin(SupervisedPlugin, supports_distributed=True):
 
     def _reinit_trained(self, t: int) -> None:
         config = self.model.peft_config[copies.TRAINED]
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
             torch.manual_seed(self.seed * 7727 + t)
             for layer in copies.lora_layers(self.model).values():
                 layer.reset_lora_parameters(copies.TRAINED, config.init_lora_weights)
