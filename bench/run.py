@@ -1,7 +1,8 @@
 """`make bench` / `clsharelora bench`: every measurement of issue #8 in one run, tables printed, JSON written.
 
 Parts (--only): adapters (LoRA vs ShareA/B/AB cost), overhead (our Avalanche strategy vs a bare loop), eval
-(items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables).
+(items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables), lwf
+(LwF's step time vs naive, issue #13).
 `--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
 """
 
@@ -21,7 +22,7 @@ from clsharelora.errors import UserError
 
 from .timing import PROJECT_ROOT, fmt_stats
 
-PARTS = ("adapters", "overhead", "eval", "scaling", "meta")
+PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "lwf")
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -196,8 +197,16 @@ def table_meta(res: dict) -> list[str]:
     return lines
 
 
+def table_lwf(res: dict) -> list[str]:
+    return [f"LwF cost: {res['model']} {res['adapter']} on {res['device']}, batch {res['batch']} x {res['seq']}, "
+            f"{res['blocks']} paired blocks",
+            f"  naive step {fmt_stats(res['naive_step'])}",
+            f"  LwF step   {fmt_stats(res['lwf_step'])}",
+            f"  LwF / naive (paired median): {res['ratio']:.3f}  (one extra forward, no backward, per micro-batch)"]
+
+
 TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
-          "meta": table_meta}
+          "meta": table_meta, "lwf": table_lwf}
 
 
 def ratio_table(results: dict[str, dict]) -> list[str]:
@@ -266,6 +275,12 @@ def run_part(part: str, s: dict, args, log) -> dict:
                            else s["scaling_seqs"][len(s["scaling_seqs"]) // 2],
                            base_rank=s["scaling_ranks"][0], batch=s["scaling_batch"], warmup=s["scaling_warmup"],
                            reps=s["scaling_reps"], device=args.device, isolate=s["isolate"], log=log)
+    if part == "lwf":
+        from . import lwf_cost
+
+        return lwf_cost.run(model_name=s["model"], r=s["r"], batch=s["overhead_batch"], seq=s["overhead_seq"],
+                            reps=max(s.get("overhead_reps", s["reps"]), s["overhead_steps_per_block"] - 1),
+                            steps_per_block=s["overhead_steps_per_block"], device=args.device, log=log)
     from . import meta_table
 
     return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)
