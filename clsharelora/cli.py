@@ -174,8 +174,13 @@ def _cmd_list(args) -> int:
     from .paths import PROJECT_ROOT
 
     print("models:     " + ", ".join(models.known_models()) + "  (or any HF id / local path)")
-    print("adapters:   " + ", ".join(registry.known("adapter")))
-    print("cl methods: " + ", ".join(registry.known("cl")))
+    def with_options(kind: str) -> str:  # name(option=default, ...): what --set adapter./cl. accepts
+        return ", ".join(name + "(" + ", ".join(f"{k}={v}" for k, v in registry.get(name, kind).defaults.items())
+                         + ")" for name in registry.known(kind))
+
+    print("adapters:   " + with_options("adapter"))
+    print("cl methods: " + with_options("cl") + "  (combine: --strategy ADAPTER --cl METHOD, "
+          "or compare --strategies ADAPTER[:VARIANT]+METHOD)")
     print("streams:    " + ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "streams").glob("*.yaml"))))
     print("tasks:      " + ", ".join(sorted(EVALUATORS)))
     return 0
