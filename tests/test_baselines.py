@@ -1,6 +1,7 @@
 """O-LoRA, LwF and joint training (strategies/olora.py, lwf.py, joint.py) on the tiny model and real data:
 closed forms computed by hand, equalities with naive training, frozen adapters, the teacher, the joint
-sampling, and kill + resume (an exception right after a chosen checkpoint is written, then --resume)."""
+sampling, and kill + resume (an exception right after a chosen checkpoint is written, then --resume).
+Tests that train several runs are marked slow (30 s to 2 min each on 2 shared cores): make test-slow."""
 
 from __future__ import annotations
 
@@ -147,6 +148,7 @@ def test_penalty_pairs_each_new_a_with_each_earlier_a_once(variant, per_frozen):
     assert float(plugin.penalty()[0]) > 0
 
 
+@pytest.mark.slow
 def test_olora_first_experience_equals_lora_bitwise(naive, olora_runs):
     """Before any frozen adapter exists O-LoRA adds nothing: row 1 and adapter 1 equal naive LoRA's bit for bit."""
     for run in olora_runs.values():
@@ -154,6 +156,7 @@ def test_olora_first_experience_equals_lora_bitwise(naive, olora_runs):
         assert _same(_adapter(run, 1), _adapter(naive, 1))
 
 
+@pytest.mark.slow
 def test_earlier_adapter_stays_bit_identical(olora_runs):
     run = olora_runs[50.0]
     first = _adapter(run, 1)
@@ -169,11 +172,13 @@ def _orth_after(run: Path) -> float:
     return float(orthogonality(pairs, "squared"))
 
 
+@pytest.mark.slow
 def test_orthogonality_loss_decreases_overlap(olora_runs):
     free, pushed = _orth_after(olora_runs[0.0]), _orth_after(olora_runs[50.0])
     assert pushed < 0.5 * free, (pushed, free)
 
 
+@pytest.mark.slow
 def test_saved_row_reloads_with_all_its_adapters(olora_runs, streams):
     """adapters/exp_2 = trained adapter + frozen ones: reloading it reproduces the trained model's logits."""
     run = olora_runs[50.0]
@@ -220,6 +225,7 @@ def test_lwf_lambda_zero_equals_naive_bit_for_bit(naive, streams):
         assert _same(_adapter(run, exp), _adapter(naive, exp))
 
 
+@pytest.mark.slow
 def test_teacher_is_the_pre_experience_model(streams, monkeypatch):
     """During experience 2 the teacher's logits are those of the model saved after experience 1."""
     seen = []
@@ -267,6 +273,7 @@ def test_joint_sees_every_item_once_in_proportion(streams, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ kill + resume
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter, cl, sets, kill_at", [
     ("lora", "olora", {"cl__lambda_1": 50.0}, "step-00000004-exp-1"),
     ("sharelora:share_a", "olora", {"cl__lambda_2": 0.01}, "step-00000003-exp-1"),
