@@ -138,6 +138,9 @@ def test_penalty_pairs_each_new_a_with_each_earlier_a_once(variant, per_frozen):
     plugin._freeze_trained()
     pairs = plugin.pairs()
     assert len(pairs) == 2 * per_frozen
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable), "earlier adapters must be frozen"
+    assert model.base_model.active_adapters == ["default", "olora_0", "olora_1"]
     expected = 0.0
     for layer in copies.lora_layers(model).values():  # per module, by hand; shared tensors counted once
         new = layer.lora_A["default"].weight
@@ -163,6 +166,9 @@ def test_earlier_adapter_stays_bit_identical(olora_runs):
     frozen = load_file(str(run / "adapters" / "exp_2" / SAVE_FILE))
     restored = {k.replace("olora_0/", "") + ".weight": v for k, v in frozen.items()}
     assert _same(restored, first)
+    checkpoint = Checkpointer(run).latest()
+    assert all(".default." in k for k in load_file(str(checkpoint / "adapter.safetensors"))), \
+        "only the trained adapter is trainable (checkpointed and optimised)"
     assert not _same(_adapter(run, 2), first), "the new adapter trained"
 
 
@@ -216,6 +222,38 @@ def test_kl_term_matches_hand_computation():
         q = [float(v) for v in torch.softmax(student[0, pos] / T, -1)]
         expected += sum(pi * (torch.tensor(pi).log() - torch.tensor(qi).log()).item() for pi, qi in zip(p, q))
     assert float(distillation_sum(student, teacher, labels, T)) == pytest.approx(T * T * expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["share_a", "share_ab"])
+def test_sharelora_teacher_is_a_tied_frozen_copy(variant):
+    """The teacher adapter on ShareLoRA: tied per projection type like the trained one, frozen, and (right
+    after the copy) giving the trained model's logits; the model keeps the trained adapter's sharing spec."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from clsharelora.adapters.sharing import SPEC_ATTR, SharingSpec, is_tied
+
+    torch.manual_seed(0)
+    model = models.load_model("tiny-llama", dtype=torch.float32, device="cpu", seed=0)
+    model = registry.create("sharelora", "adapter", variant=variant).apply(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)   # B != 0, so the adapter changes the logits
+    plugin = LwFPlugin(model, lwf_lambda=1.0, temperature=2.0)
+    plugin._ensure_teacher()
+    copies.copy_weights(model, copies.TRAINED, "lwf_teacher")
+    spec = getattr(model, SPEC_ATTR)
+    assert spec.adapter_name == "default"
+    assert is_tied(model, SharingSpec(variant=spec.variant, groups=spec.groups, adapter_name="lwf_teacher"))
+    x = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(3))
+    batch = {"input_ids": x, "attention_mask": torch.ones_like(x)}
+    model.eval()
+    student = model(**batch).logits
+    teacher = plugin.teacher_logits(SimpleNamespace(mbatch=batch, _autocast=contextlib.nullcontext))
+    assert torch.equal(student, teacher)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(".default." in n for n in names)
 
 
 def test_lwf_lambda_zero_equals_naive_bit_for_bit(naive, streams):
