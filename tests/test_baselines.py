@@ -309,6 +309,16 @@ def test_joint_sees_every_item_once_in_proportion(streams, monkeypatch):
     data = json.loads((run / "results.json").read_text())
     assert len(data["scores"]) == 2 and data["cost"]["joint"]["steps"] == 6
 
+    # analysis: a reference, not an incomplete sequential run; its table row holds its final scores only
+    from analysis.runs import load_run
+    from analysis.tables import comparison_table
+
+    loaded = load_run(run)
+    assert loaded.is_reference and loaded.complete and loaded.status == "reference (joint training)"
+    row = comparison_table([loaded]).iloc[0]
+    assert row["strategy"] == "lora+joint (upper bound)"
+    assert row["accuracy_acc"] == pytest.approx(sum(c["accuracy"] for c in data["scores"][1]) / 2)
+
 
 # ------------------------------------------------------------------------------------------ kill + resume
 @pytest.mark.slow
