@@ -105,5 +105,7 @@ class LwF(CLStrategy):
     def plugins(self, context: CLContext) -> list:
         if context.model is None:
             raise ConfigError("lwf needs the model in its CLContext")
+        if not copies.lora_layers(context.model):
+            raise ConfigError("lwf works on peft LoRA adapters: use --strategy lora or sharelora (any variant)")
         return [LwFPlugin(context.model, lwf_lambda=float(self.options["lwf_lambda"]),
                           temperature=float(self.options["temperature"]))]

@@ -165,6 +165,8 @@ class OLoRA(CLStrategy):
     def plugins(self, context: CLContext) -> list:
         if context.model is None:
             raise ConfigError("olora needs the model in its CLContext")
+        if not copies.lora_layers(context.model):
+            raise ConfigError("olora works on peft LoRA adapters: use --strategy lora or sharelora (any variant)")
         o = self.options
         return [OLoRAPlugin(context.model, lambda_1=float(o["lambda_1"]), lambda_2=float(o["lambda_2"]),
                             norm=o["norm"], seed=context.seed, store=context.store)]
