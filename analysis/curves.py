@@ -30,15 +30,19 @@ def _legend_label(label: str, group: Sequence[Run]) -> str:
 
 def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, title: str | None = None) -> Path:
     """Write the forgetting-curve figure of one setting's `runs` for `score` ("accuracy" or "nll")."""
-    groups = scored_groups(runs, score)
+    references = scored_groups([r for r in runs if r.is_reference], score) if any(
+        r.is_reference and score in r.matrices for r in runs) else {}
+    runs = [r for r in runs if not r.is_reference] or runs
+    groups = {lab: g for lab, g in scored_groups(runs, score).items() if lab not in references}
     first = next(iter(groups.values()))[0]
     T, tasks, experiences = first.T, first.tasks, first.experiences
-    colour = style.colors(list(by_strategy(runs)))
+    colour = style.colors([*by_strategy(runs), *references])
     ncols = 1 if T == 1 else 2 if T <= 4 else 3
     nrows = math.ceil(T / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.6 * nrows + 1.2), squeeze=False, sharex=True)
     x = np.arange(T + 1)
     stats = {lab: mean_matrix(g, score) for lab, g in groups.items()}
+    ref_final = {lab: np.nanmean([r.matrices[score][1] for r in g], axis=0) for lab, g in references.items()}
     for j, task in enumerate(tasks):
         ax = axes[j // ncols][j % ncols]
         ax.axvspan(j + 0.6, j + 1.4, color="0.92", zorder=0)
@@ -53,6 +57,8 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
                 ax.fill_between(x[band], (y - s)[band], (y + s)[band], color=colour[lab], alpha=0.15, lw=0)
             if ok[j + 1]:
                 ax.plot([j + 1], [y[j + 1]], marker="*", ms=13, color=colour[lab], mec="black", mew=0.6, zorder=5)
+        for lab, final in ref_final.items():  # joint training: a level, not a curve over experiences
+            ax.axhline(final[j], ls="--", lw=1.4, color=colour.get(lab, "0.3"), label=f"{lab} (upper bound)")
         ax.set_title(f"{task}  (trained in experience {j + 1}: {experiences[j]})", fontsize=10)
         ax.set_xticks(x, style.experience_ticks(experiences), fontsize=8)
         ax.set_xlim(-0.3, T + 0.3)

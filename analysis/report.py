@@ -161,7 +161,8 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
             page.image(path, f"figures/{path.name}", f"forgetting curves, {score}, {stream} on {model}")
         page.heading(3, "Score matrices")
         for score in scores:
-            path = plot_heatmaps(group, score, fig_dir / f"heatmap_{score}_{slug}.png")
+            sequential = [r for r in group if not r.is_reference] or group  # joint training has no matrix
+            path = plot_heatmaps(sequential, score, fig_dir / f"heatmap_{score}_{slug}.png")
             page.image(path, f"figures/{path.name}", f"score matrix heatmaps, {score}, {stream} on {model}")
 
         if any(len(g) > 1 for g in by_strategy(group).values()):

@@ -34,6 +34,8 @@ COST_FIELDS = (
 )
 #: cl methods / variants that add nothing to a strategy's label
 _PLAIN_CL = {"", "naive", "none", "finetune", "sequential"}
+#: cl methods whose run is a reference (one training phase, two score rows), not a sequential stream
+REFERENCE_CL = {"joint"}
 _PLAIN_VARIANT = {"", "default", "none"}
 
 
@@ -73,13 +75,20 @@ class Run:
         return self.done >= 0
 
     @property
+    def is_reference(self) -> bool:
+        """Joint training: its row 1 is the upper bound on every task, drawn as a reference line."""
+        return self.cl in REFERENCE_CL
+
+    @property
     def complete(self) -> bool:
-        return self.done == self.T
+        return self.done >= 1 if self.is_reference else self.done == self.T
 
     @property
     def status(self) -> str:
         if not self.started:
             return "not started (no scores yet)"
+        if self.is_reference:
+            return "reference (joint training)" if self.complete else "reference, not trained yet"
         return "complete" if self.complete else f"incomplete ({self.done}/{self.T} experiences)"
 
     @property

@@ -70,6 +70,14 @@ def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
             "peak_memory_kind": "/".join(sorted({r.memory_kind or "unknown" for r in group})),
             "train_time_s": _mean([r.cost["train_time_s"] for r in group]),
         }
+        if group[0].is_reference:   # joint training: final scores only, no forgetting matrix
+            row.update(strategy=f"{label} (upper bound)", status=group[0].status)
+            for score in SCORES:
+                if all(score in r.matrices and r.done >= 1 for r in group):
+                    row[f"{score}_acc"] = _mean([float(np.mean(r.matrices[score][1])) for r in group])
+                    row.update({f"{score}_{m}": math.nan for m in METRICS if m != "acc"})
+            rows.append(row)
+            continue
         for score in SCORES:
             if not all(score in r.matrices for r in group):
                 continue

@@ -36,8 +36,10 @@ def _train_config(batch: int, steps: int, device):
                        max_grad_norm=1.0, warmup_ratio=0.03, schedule="cosine")
 
 
-def strategy_block(model, dataset, pad: int, batch: int, steps: int, device) -> tuple[list[float], float]:
-    """(end time of every optimizer step, wall time of the whole train() call) of one Avalanche experience."""
+def strategy_block(model, dataset, pad: int, batch: int, steps: int, device,
+                   plugins=()) -> tuple[list[float], float]:
+    """(end time of every optimizer step, wall time of the whole train() call) of one Avalanche experience
+    (extra `plugins`, e.g. a CL method's, run inside it: bench/lwf_cost.py)."""
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.utils import AvalancheDataset
     from avalanche.core import SupervisedPlugin
@@ -56,7 +58,7 @@ def strategy_block(model, dataset, pad: int, batch: int, steps: int, device) -> 
 
     clock = StepClock()
     bench = benchmark_from_datasets(train=[AvalancheDataset([dataset], collate_fn=PadCollator(pad))])
-    strategy = CausalLMTemplate(model=model, train_config=_train_config(batch, steps, device), plugins=[clock],
+    strategy = CausalLMTemplate(model=model, train_config=_train_config(batch, steps, device), plugins=[*plugins, clock],
                                 progress=False, device=device)
     synchronize(device)
     start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 Parts (--only): adapters (LoRA vs ShareA/B/AB cost), overhead (our Avalanche strategy vs a bare loop), eval
 (items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables),
-neighbour (the demo's step beside a one-core busy loop, as a ratio to the lone step).
+neighbour (the demo's step beside a one-core busy loop, as a ratio to the lone step), lwf
+(LwF's step time vs naive, issue #13).
 Every table and JSON carries the CPU model, torch's CPU capability, native bf16 and the thread choice, so
 figures from different machines are never read as one machine's.
 `--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
@@ -24,7 +25,7 @@ from clsharelora.errors import UserError
 
 from .timing import PROJECT_ROOT, fmt_stats
 
-PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour")
+PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf")
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -216,8 +217,16 @@ def table_neighbour(res: dict) -> list[str]:
     return lines
 
 
+def table_lwf(res: dict) -> list[str]:
+    return [f"LwF cost: {res['model']} {res['adapter']} on {res['device']}, batch {res['batch']} x {res['seq']}, "
+            f"{res['blocks']} paired blocks",
+            f"  naive step {fmt_stats(res['naive_step'])}",
+            f"  LwF step   {fmt_stats(res['lwf_step'])}",
+            f"  LwF / naive (paired median): {res['ratio']:.3f}  (one extra forward, no backward, per micro-batch)"]
+
+
 TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
-          "meta": table_meta, "neighbour": table_neighbour}
+          "meta": table_meta, "neighbour": table_neighbour, "lwf": table_lwf}
 
 
 def ratio_table(results: dict[str, dict]) -> list[str]:
@@ -296,6 +305,12 @@ def run_part(part: str, s: dict, args, log) -> dict:
         return neighbour.run(model_name=s["model"], batch=s["neighbour_batch"], seq=s["neighbour_seq"],
                              warmup=s["neighbour_warmup"], steps=s["neighbour_steps"], blocks=s["neighbour_blocks"],
                              device=args.device, log=log)
+    if part == "lwf":
+        from . import lwf_cost
+
+        return lwf_cost.run(model_name=s["model"], r=s["r"], batch=s["overhead_batch"], seq=s["overhead_seq"],
+                            reps=max(s.get("overhead_reps", s["reps"]), s["overhead_steps_per_block"] - 1),
+                            steps_per_block=s["overhead_steps_per_block"], device=args.device, log=log)
     from . import meta_table
 
     return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)

@@ -109,6 +109,7 @@ def dry_run(config: RunConfig) -> str:
                      f"(residual {matched['residual']:+,}, {relative:+.2f}%)")
     lines += [
         f"  cl method:             {cl.name} {cl.options}",
+        *cl.plan(peft_model, trainable, len(stream.experiences)),
         "memory plan per process (estimates):",
         f"  base weights ({'4-bit' if config.load_in_4bit else config.dtype}): {weight_bytes / GiB:8.2f} GiB",
         f"  adapter + grads + AdamW:  {adapter_bytes / GiB:8.2f} GiB",

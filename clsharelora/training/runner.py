@@ -286,7 +286,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         print("training data: " + "; ".join(d.summary() for d in training_data), file=sys.stderr, flush=True)
 
     cl_plugins = prep.cl.plugins(CLContext(seed=cfg.seed, datasets=[e.dataset for e in benchmark.train_stream],
-                                           dist=dist))
+                                           dist=dist, model=model, store=store))
     checkpointer = Checkpointer(run_dir)
     checkpoint = CheckpointPlugin(checkpointer, store, every=cfg.train.checkpoint_every, plugins=cl_plugins, dist=dist)
     scoring = ScoringPlugin(evaluators, tokenizer, store, run_dir, adapter=prep.adapter, dist=dist, progress=progress)
@@ -310,7 +310,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         start = state["position"]["exp_index"]
         if dist.is_main:
             print(f"resuming {run_dir} from {prep.resume_from.name}: {store.done} experience(s) done", flush=True)
-    for experience in list(benchmark.train_stream)[start:]:
+    for experience in prep.cl.schedule(list(benchmark.train_stream))[start:]:  # joint training: one
         strategy.train(experience)
     if dist.is_main:
         store.write(run_dir)

@@ -58,6 +58,9 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
         if self.dist.is_main:
             with atomic.directory(self.run_dir / "adapters" / f"exp_{self.store.done}") as tmp:
                 self.adapter.save(strategy.model, tmp)
+                for plugin in strategy.plugins:  # CL methods whose row needs more than the trained adapter
+                    if hasattr(plugin, "save_adapters"):
+                        plugin.save_adapters(strategy.model, tmp)
         self.dist.barrier()
 
     def _record(self, strategy, row: list[dict]) -> None:

@@ -105,11 +105,16 @@ class CausalLMTemplate(SupervisedTemplate):
         self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.train_mb_size, sampler=self.sampler,
                                      collate_fn=self.adapted_dataset.collate_fn, num_workers=num_workers,
                                      generator=generator, pin_memory=self.device.type == "cuda")
-        budget = self.budgets.get(self.exp_index, {})
         # the epoch as all ranks see it: ceil(N/W)*W examples (padding), and ceil of that / G = ceil(N / G)
-        self.steps_in_exp, self.train_epochs = plan_steps(
-            len(self.sampler) * self.dist.world_size, self.cfg.global_batch,
-            epochs=budget.get("epochs") or self.cfg.epochs, max_steps=budget.get("max_steps") or self.cfg.max_steps)
+        self.steps_in_exp, self.train_epochs = self.planned_steps(len(self.sampler) * self.dist.world_size,
+                                                                  self.exp_index)
+
+    def planned_steps(self, examples: int, exp_index: int) -> tuple[int, int]:
+        """(optimizer steps, epochs) of experience `exp_index` over `examples` (all processes together) under
+        its budget; also used by joint training to give the union the sequential run's total steps."""
+        budget = self.budgets.get(exp_index, {})
+        return plan_steps(examples, self.cfg.global_batch, epochs=budget.get("epochs") or self.cfg.epochs,
+                          max_steps=budget.get("max_steps") or self.cfg.max_steps)
 
     def _unpack_minibatch(self):
         self.mbatch = {k: v.to(self.device, non_blocking=True) for k, v in self.mbatch.items()}
@@ -151,6 +156,12 @@ class CausalLMTemplate(SupervisedTemplate):
         # The HF loss is sum(token NLL) / num_items_in_batch; gradients of all micro-batches and all ranks
         # add up to the gradient of the mean over the whole optimizer step.
         return self.mb_output.loss * self.dist.world_size
+
+    def step_token_mean(self, token_sum: torch.Tensor) -> torch.Tensor:
+        """A micro-batch's sum of a per-target-token loss term, scaled like the task loss in `criterion`, so
+        that over all micro-batches and processes it adds up to the term's mean over the step's target tokens
+        (for CL methods that add a token-level term in `before_backward`, e.g. LwF's distillation)."""
+        return token_sum / self._step_tokens * self.dist.world_size
 
     def optimizer_step(self):
         params = trainable_parameters(self.model)
