@@ -153,11 +153,11 @@ def _cmd_compare(args) -> int:
         for config in configs:
             print(dry_run(config))
         return 0
+    from .training.rundir import holds_run
     from .training.runner import prepare, run
 
     def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
-        out = Path(config.out)
-        return args.resume and out.exists() and any(out.iterdir())
+        return args.resume and holds_run(Path(config.out))
 
     for config in configs:  # validate every run before starting the first
         prepare(config, resume=resume(config))
