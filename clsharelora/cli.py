@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.add_argument("--strategy", help="adapter strategy: sharelora (default), lora, vera, ...")
     run.add_argument("--variant", help="ShareLoRA variant: share_a | share_b | share_ab")
-    run.add_argument("--out", help="run directory (default: runs/<stream>-<strategy>)")
-    run.add_argument("--name", help="run name (default: <stream>-<strategy>)")
+    run.add_argument("--out", help="run directory (default: runs/<name>)")
+    run.add_argument("--name", help="run name (default: <stream>-<strategy>[-<variant>][-<cl>]; variant and CL "
+                                    "method appear when they are not the defaults)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 

@@ -253,6 +253,7 @@ def stream_differences(old: dict, new: dict) -> list[str]:
 
 
 def _refuse(run_dir: Path, what: str, differences: list[str]) -> UserError:
+    differences = sorted(differences, key=lambda d: " -> " not in d)  # changed values before added/removed keys
     shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
     return UserError(f"output dir {run_dir} holds a different run ({what} differs: {shown}); choose another "
                      f"--out, or restore the original to resume")
@@ -302,6 +303,13 @@ def check_existing(run_dir: Path, config: RunConfig, ident: dict, *, resume: boo
     if changed:
         raise _refuse(run_dir, f"data under {ident['data']['root']}", changed)
     return True
+
+
+def check_results_rows(run_dir: Path, stream: Stream) -> None:
+    """Read-only: the rows already in results.json score the stream's tasks (runs without identity.json
+    have nothing else that would notice a stream edited in place)."""
+    if (run_dir / "results.json").is_file():
+        check_rows(str(run_dir / "results.json"), _json(run_dir / "results.json"), stream)
 
 
 def _saved_identity(run_dir: Path) -> dict | None:
@@ -377,8 +385,7 @@ def claim(run_dir: Path, config: RunConfig, ident: dict, stream: Stream, *, resu
             resume_from = Checkpointer(run_dir).latest(remove_corrupt=is_main)
             if resume_from is not None:
                 check_rows(str(resume_from), _state_results(resume_from), stream)
-            if (run_dir / "results.json").is_file():
-                check_rows(str(run_dir / "results.json"), _json(run_dir / "results.json"), stream)
+            check_results_rows(run_dir, stream)
         if is_main:
             atomic.write_text(run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
             atomic.write_json(run_dir / "environment.json", environment())

@@ -81,6 +81,8 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
     ident = rundir.identity(resolved, stream, root)
     rundir.check_not_locked(run_dir)
     continuing = rundir.check_existing(run_dir, resolved, ident, resume=resume, name_given=config.name is not None)
+    if continuing:
+        rundir.check_results_rows(run_dir, stream)
     return Prepared(config=resolved, stream=stream, adapter=adapter, cl=cl, run_dir=run_dir, data_root=root,
                     identity=ident, continuing=continuing, name_given=config.name is not None)
 
