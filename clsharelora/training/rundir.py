@@ -361,36 +361,37 @@ class Claim:
 
 @contextmanager
 def claim(run_dir: Path, config: RunConfig, ident: dict, stream: Stream, *, resume: bool,
-          name_given: bool = True, is_main: bool = True) -> Iterator[Claim]:
+          name_given: bool = True, is_main: bool = True, barrier=lambda: None) -> Iterator[Claim]:
     """Create the run directory, hold its lock for the block, check it again under the lock (another process
-    may have started it since `check_existing`), prune what interrupted writes left, and write the run's
-    config, environment and identity for a new run. Only the main process locks and writes."""
+    may have started it since `check_existing`), prune what interrupted writes left, choose the checkpoint
+    to resume from, and write the run's config, environment and identity. The main process does all of it;
+    the other ranks of a multi-process run wait for it (`barrier`) and then read the same checkpoint."""
     from .environment import environment
 
     lock = None
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(run_dir).acquire()
     try:
-        continuing = check_existing(run_dir, config, ident, resume=resume, name_given=name_given)
-        cleaned: list[str] = []
-        resume_from = None
+        resume_from, cleaned = None, []
         if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run_dir).acquire()
+            continuing = check_existing(run_dir, config, ident, resume=resume, name_given=name_given)
             for folder in (run_dir, run_dir / "checkpoints", run_dir / "adapters"):
                 cleaned += [f"{folder.name}/{name}" for name in atomic.recover(folder)]
             if cleaned:
                 print(f"note: removed {len(cleaned)} leftover(s) of interrupted writes in {run_dir}: "
                       f"{', '.join(cleaned[:5])}", file=sys.stderr, flush=True)
-        if continuing:
-            resume_from = Checkpointer(run_dir).latest(remove_corrupt=is_main)
-            if resume_from is not None:
-                check_rows(str(resume_from), _state_results(resume_from), stream)
-            check_results_rows(run_dir, stream)
-        if is_main:
+            if continuing:
+                check_results_rows(run_dir, stream)
+                resume_from = Checkpointer(run_dir).latest(remove_corrupt=True)
+                if resume_from is not None:
+                    check_rows(str(resume_from), _state_results(resume_from), stream)
             atomic.write_text(run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
             atomic.write_json(run_dir / "environment.json", environment())
             if not continuing or (run_dir / IDENTITY).is_file():
                 atomic.write_json(run_dir / IDENTITY, ident)
+        barrier()
+        if not is_main and resume:  # the main process has checked the directory and removed corrupt checkpoints
+            resume_from = Checkpointer(run_dir).latest()
         yield Claim(run_dir=run_dir, resume_from=resume_from, cleaned=cleaned)
     finally:
         if lock is not None:

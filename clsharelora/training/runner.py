@@ -227,8 +227,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     store.cost.update(param_costs(prep.adapter, model))
 
     with rundir.claim(run_dir, cfg, prep.identity, prep.stream, resume=resume, name_given=prep.name_given,
-                      is_main=dist.is_main) as claim:
-        dist.barrier()
+                      is_main=dist.is_main, barrier=dist.barrier) as claim:
         cl_plugins = prep.cl.plugins(CLContext(seed=cfg.seed, datasets=[e.dataset for e in benchmark.train_stream],
                                                dist=dist))
         checkpointer = Checkpointer(run_dir)
