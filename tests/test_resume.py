@@ -101,6 +101,8 @@ def test_sigkill_mid_experience_then_resume_is_bit_identical(reference):
     proc.wait(timeout=60)
     assert killed_at, "the run finished before it could be killed mid-experience"
     rows_before = json.loads((out / "results.json").read_text())["scores"]
+    # The dead run's lock file stays behind, naming it; the kernel released the lock itself, so it never blocks.
+    assert json.loads((out / ".lock").read_text())["pid"] == proc.pid
     assert len(rows_before) == 2, "killed during experience 2: row 0 and row 1 are done"
 
     done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=600)
