@@ -1,4 +1,5 @@
-"""Crash-safe writes: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+"""Crash-safe writes: a reader (or a resumed run) sees the old file or the new one, never half of one;
+and the clean-up of what a killed writer left behind."""
 
 from __future__ import annotations
 
@@ -67,3 +68,43 @@ def directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recover(folder: str | os.PathLike) -> list[str]:
+    """Undo what a kill during `write_bytes` / `directory` left in `folder`: temporaries (`.NAME.*.tmp`) are
+    removed; a renamed-away old directory (`.NAME.old`) is moved back when NAME is missing (killed between
+    the two renames), else removed. Only safe while no other process writes into `folder` (hold the run lock).
+    Returns the names it removed or restored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done = []
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if not name.startswith("."):
+            continue
+        if name.endswith(".tmp"):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            done.append(name)
+        elif name.endswith(".old") and entry.is_dir() and not entry.is_symlink():
+            original = folder / name[1:-len(".old")]
+            if original.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.replace(entry, original)
+            done.append(name)
+    return done

@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.add_argument("--strategy", help="adapter strategy: sharelora (default), lora, vera, ...")
     run.add_argument("--variant", help="ShareLoRA variant: share_a | share_b | share_ab")
-    run.add_argument("--out", help="run directory (default: runs/<stream>-<strategy>)")
-    run.add_argument("--name", help="run name (default: <stream>-<strategy>)")
+    run.add_argument("--out", help="run directory (default: runs/<name>)")
+    run.add_argument("--name", help="run name (default: <stream>-<strategy>[-<variant>][-<cl>]; variant and CL "
+                                    "method appear when they are not the defaults)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -176,11 +177,11 @@ def _cmd_compare(args) -> int:
         for config in configs:
             print(dry_run(config))
         return 0
+    from .training.rundir import holds_run
     from .training.runner import prepare, run
 
     def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
-        out = Path(config.out)
-        return args.resume and out.exists() and any(out.iterdir())
+        return args.resume and holds_run(Path(config.out))
 
     for config in configs:  # validate every run before starting the first
         prepare(config, resume=resume(config))

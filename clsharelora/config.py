@@ -138,6 +138,8 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a YAML mapping; syntax errors name the file, line and column."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:

@@ -11,6 +11,7 @@ from . import models, registry
 from .benchmarks.stream import load_stream
 from .config import RunConfig, accumulation_steps
 from .errors import ConfigError, UserError
+from .training.preflight import apply_on_meta
 from .training.template import plan_steps
 
 GiB = 1024 ** 3
@@ -74,7 +75,7 @@ def dry_run(config: RunConfig) -> str:
     base = models.meta_model(config.model)
     base_params = unique_params(base)
     hf_config = base.config
-    peft_model = adapter.apply(base)
+    peft_model = apply_on_meta(adapter, base)   # adapter tensors on meta too, for any rank
     trainable = unique_params(peft_model, trainable=True)
     expected = adapter.expected_params(hf_config)
     lora_params = None

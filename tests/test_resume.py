@@ -1,10 +1,15 @@
 """Reliability: same seed => identical results; SIGKILL in the middle of experience 2, then --resume,
-gives bit-identical R matrices and adapter weights to an uninterrupted run; completed rows are kept."""
+gives bit-identical R matrices and adapter weights to an uninterrupted run; completed rows are kept.
+Run-directory integrity: a second process into a running run's directory fails naming the holder; a corrupt
+checkpoint file falls back to the newest valid checkpoint (same results) or is refused; a stream edited in
+place is refused with the keys and experiences that changed."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,13 +26,14 @@ experiences:
     train: {benchmark: gsm8k, split: train, n: 8, max_steps: 2, max_length: 256}
     eval: {task: gsm8k, n: 2, shots: 1, max_new_tokens: 4}
   - name: mmlu
-    train: {benchmark: mmlu, split: dev, n: 24, max_steps: 12, max_length: 256}
+    train: {benchmark: mmlu, split: dev, n: 1000, max_steps: 12, max_length: 256}
     eval: {task: mmlu, n: 4, shots: 1}
 """
 
 
 def _cmd(stream: Path, out: Path, *extra: str) -> list[str]:
     # dropout > 0 makes the run consume the torch RNG, so a wrong RNG restore would show.
+    # mmlu/dev holds 285 items: n=1000 is capped (said on stderr, kept in results.json).
     return [sys.executable, "-m", "clsharelora.cli", "run", "--stream", str(stream), "--model", "tiny-llama",
             "--strategy", "sharelora", "--out", str(out), "--no-progress", "--set", "train.batch_size=2",
             "--set", "train.checkpoint_every=1", "--set", "adapter.dropout=0.1", *extra]
@@ -44,15 +50,34 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     stream = root / "stream.yaml"
     stream.write_text(STREAM)
-    subprocess.run(_cmd(stream, root / "ref"), check=True, capture_output=True, timeout=600)
+    done = subprocess.run(_cmd(stream, root / "ref"), check=True, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    (root / "ref.stderr").write_text(done.stderr)
     return stream, root
 
 
-def test_same_seed_same_results(reference):
+def test_same_seed_same_results_and_a_second_process_is_locked_out(reference):
     stream, root = reference
-    subprocess.run(_cmd(stream, root / "again"), check=True, capture_output=True, timeout=600)
+    out = root / "again"
+    first = subprocess.Popen(_cmd(stream, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and not (out / "config.yaml").is_file():
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before the second could start"
+    os.kill(first.pid, signal.SIGSTOP)   # holds its lock, frozen, until both attempts are done
+    try:
+        for extra in ((), ("--resume",)):
+            second = subprocess.run(_cmd(stream, out, *extra), capture_output=True, text=True, timeout=300)
+            assert second.returncode == 2, second.stderr
+            assert re.search(rf"^error: run directory .*again is in use by pid {first.pid} on host \S+ \(started ",
+                             second.stderr, re.M), second.stderr
+            assert "Traceback" not in second.stderr
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=600) == 0, first.stderr.read()
     m1, s1, a1 = _final(root / "ref")
-    m2, s2, a2 = _final(root / "again")
+    m2, s2, a2 = _final(out)
     assert m1 == m2 and s1 == s2
     assert a1.keys() == a2.keys() and all((a1[k] == a2[k]).all() for k in a1)
 
@@ -67,8 +92,8 @@ def test_sigkill_mid_experience_then_resume_is_bit_identical(reference):
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         tag = latest.read_text().strip() if latest.is_file() else ""
-        # step-00000005-exp-1: mid-experience checkpoint of experience 2 (index 1), 3 of its 12 steps done
-        if tag.endswith("exp-1") and int(tag.split("-")[1]) >= 5:
+        # step-00000005-done-1: mid-experience checkpoint of experience 2 (1 done), 3 of its 12 steps done
+        if tag.endswith("done-1") and int(tag.split("-")[1]) >= 5:
             os.killpg(proc.pid, signal.SIGKILL)
             killed_at = tag
             break
@@ -76,6 +101,8 @@ def test_sigkill_mid_experience_then_resume_is_bit_identical(reference):
     proc.wait(timeout=60)
     assert killed_at, "the run finished before it could be killed mid-experience"
     rows_before = json.loads((out / "results.json").read_text())["scores"]
+    # The dead run's lock file stays behind, naming it; the kernel released the lock itself, so it never blocks.
+    assert json.loads((out / ".lock").read_text())["pid"] == proc.pid
     assert len(rows_before) == 2, "killed during experience 2: row 0 and row 1 are done"
 
     done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=600)
@@ -97,3 +124,149 @@ def test_resume_refuses_a_different_config(reference):
     assert done.returncode == 2
     assert "holds a different run" in done.stderr and "adapter" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_capped_n_is_said_once_and_recorded(reference):
+    _, root = reference
+    notes = [line for line in (root / "ref.stderr").read_text().splitlines() if "train.n=1000" in line]
+    assert notes == ["note: experience 'mmlu': train.n=1000 but the data hold 285 items; using 285"]
+    run = json.loads((root / "ref" / "results.json").read_text())["run"]
+    assert run["n_capped"] == [{"experience": "mmlu", "key": "train.n", "requested": 1000, "used": 285}]
+
+
+def test_log_shows_every_row_the_last_included(reference):
+    _, root = reference
+    log = (root / "ref" / "log.txt").read_text()
+    results = json.loads((root / "ref" / "results.json").read_text())
+    blocks = re.split(r"^-- scores (.*) --$", log, flags=re.M)[1:]
+    assert [when for when in blocks[::2]] == ["before training", "after experience 1", "after experience 2"]
+    last = dict(re.findall(r"^\t(\S+) = (\S+)$", blocks[-1], flags=re.M))
+    for cell in results["scores"][-1]:
+        assert float(last[f"Accuracy/Task/{cell['task']}"]) == round(cell["accuracy"], 4)
+        assert float(last[f"Nll/Task/{cell['task']}"]) == round(cell["nll"], 4)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _copy_run(root: Path, name: str) -> Path:
+    dst = root / name
+    shutil.copytree(root / "ref", dst, symlinks=True)
+    return dst
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    return sorted((p for p in (run / "checkpoints").iterdir() if p.is_dir()), key=lambda p: p.name)
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[:len(data) // 2])
+    else:  # flip one byte in the middle: same size, different content
+        i = len(data) // 2
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+
+
+CORRUPTIONS = [("adapter.safetensors", "flip"), ("optimizer.pt", "truncate"), ("plugins.pt", "flip"),
+               ("rng.pt", "truncate"), ("state.json", "flip"), ("checksums.json", "truncate"), ("LATEST", "flip")]
+
+
+@pytest.mark.parametrize("name,how", CORRUPTIONS)
+def test_corrupt_latest_checkpoint_falls_back_with_identical_results(reference, name, how):
+    stream, root = reference
+    out = _copy_run(root, f"corrupt-{name}")
+    older, latest = _checkpoints(out)
+    assert latest.name == "step-00000014-done-2" and older.name == "step-00000013-done-1"
+    _damage(out / "checkpoints" / name if name == "LATEST" else latest / name, how)
+    stale = [out / "checkpoints" / ".step-00000015-done-2.x1y2.tmp", out / "adapters" / ".exp_3.a1b2.tmp"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "half-written").write_text("x")
+    (out / ".results.json.k3j4.tmp").write_text("{")
+
+    done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    if name != "LATEST":  # the pointer is a hint: checkpoints are chosen by their names and checksums
+        assert f"warning: checkpoint {latest} is corrupt" in done.stderr
+        assert "resuming from step-00000013-done-1" in done.stderr
+    assert not any(p.exists() for p in stale) and not (out / ".results.json.k3j4.tmp").exists()
+    ref = _final(root / "ref")
+    matrices, scores, adapter = _final(out)
+    assert matrices == ref[0] and scores == ref[1]
+    assert all((adapter[k] == ref[2][k]).all() for k in ref[2])
+
+
+def test_no_valid_checkpoint_is_refused_and_nothing_changes(reference):
+    stream, root = reference
+    out = _copy_run(root, "all-corrupt")
+    for checkpoint in _checkpoints(out):
+        _damage(checkpoint / "adapter.safetensors", "flip")
+    before = _tree(out)
+    done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"^error: .*checkpoints holds no valid checkpoint \(step-00000014-done-2: adapter.safetensors "
+                     r"checksum mismatch; step-00000013-done-1: adapter.safetensors checksum mismatch\)",
+                     done.stderr, re.M), done.stderr
+    assert "Traceback" not in done.stderr
+    assert {k: v for k, v in _tree(out).items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_legacy_checkpoint_names_without_checksums_still_resume(reference):
+    """Checkpoints written before checksums and the done-<n> names (step-<s>-exp-<n>, same n) resume."""
+    stream, root = reference
+    out = _copy_run(root, "legacy")
+    older, latest = _checkpoints(out)
+    shutil.rmtree(latest)   # resume from the mid-experience checkpoint, as a run killed there would
+    (older / "checksums.json").unlink()
+    older.rename(out / "checkpoints" / "step-00000013-exp-1")
+    (out / "checkpoints" / "LATEST").write_text("step-00000013-exp-1\n")
+    (out / "identity.json").unlink()   # older runs had none: the config is compared, rows are checked
+    done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout and "step-00000013-exp-1" in done.stdout
+    ref = _final(root / "ref")
+    matrices, scores, adapter = _final(out)
+    assert matrices == ref[0] and scores == ref[1]
+
+
+def _with_own_stream(root: Path, name: str) -> tuple[Path, Path]:
+    """A copy of the finished run that points at its own copy of the stream file (so it can be edited)."""
+    out = _copy_run(root, name)
+    stream = root / f"{name}.yaml"
+    stream.write_text(STREAM)
+    for file in ("config.yaml", "identity.json"):
+        text = (out / file).read_text()
+        (out / file).write_text(text.replace(str(root / "stream.yaml"), str(stream)))
+    return out, stream
+
+
+def test_resume_refuses_a_stream_edited_in_place_naming_keys_and_experiences(reference):
+    root = reference[1]
+    out, stream = _with_own_stream(root, "edited")
+    stream.write_text(STREAM.replace("n: 1000, max_steps: 12", "n: 16, max_steps: 12")
+                      .replace("eval: {task: gsm8k, n: 2,", "eval: {task: gsm8k, n: 3,"))
+    before = _tree(out)
+    done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "holds a different run (stream" in line
+    assert "experience 1 (gsm8k): eval_options.n: 2 -> 3" in line
+    assert "experience 2 (mmlu): train.n: 1000 -> 16" in line
+    assert _tree(out) == before
+
+
+def test_rows_of_other_tasks_are_refused_even_without_identity(reference):
+    root = reference[1]
+    out, stream = _with_own_stream(root, "retasked")
+    (out / "identity.json").unlink()
+    stream.write_text(STREAM.replace("eval: {task: mmlu, n: 4, shots: 1}", "eval: {task: mmlu_pro, n: 4, shots: 1}"))
+    done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"^error: .*results.json scores tasks \['gsm8k', 'mmlu'\], but the stream's tasks are "
+                     r"\['gsm8k', 'mmlu_pro'\]", done.stderr, re.M), done.stderr

@@ -93,5 +93,7 @@ def load_benchmark(
                 records, origin = mod.load_hub(split, **kw), f"{name} (hub)"
             except DataError as hub_err:
                 raise DataError(f"{missing} The hub fallback failed too: {hub_err}") from hub_err
+    if not records:
+        raise DataError(f"{origin}: holds no {name}/{split} items (empty file?); a benchmark split needs at least one")
     _check_unique(records, origin)
     return seeded_subset(records, n, seed)

@@ -6,16 +6,24 @@ A checkpoint directory holds
   plugins.pt            state of stateful CL plugins (EWC importances, ...)
   rng.pt                torch CPU/CUDA generator states
   state.json            position in the stream, python/numpy RNG, results so far, cost counters
+  checksums.json        size and SHA-256 of each file above, written last
 and `checkpoints/LATEST` names the newest complete one; it is replaced atomically after the directory is
-renamed into place, so a kill at any moment leaves the previous checkpoint intact. Avalanche's own
+renamed into place, so a kill at any moment leaves the previous checkpoint intact. On resume the newest
+checkpoint whose files match their checksums is used; a corrupt one is reported and skipped. Avalanche's own
 `save_checkpoint` pickles the whole strategy with dill, which fails on torch optimizers here.
+
+Names: `step-<global optimizer step, 8 digits>-done-<experiences completed>`. Runs written before this
+scheme named them `step-<step>-exp-<n>`, where n had the same meaning (state.json's position.exp_index,
+the index of the experience to continue = the experiences completed); both are read.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +35,50 @@ from .. import atomic
 from ..errors import UserError
 
 LATEST = "LATEST"
+CHECKSUMS = "checksums.json"
+FILES = ("adapter.safetensors", "optimizer.pt", "plugins.pt", "rng.pt", "state.json")
+_NAME = re.compile(r"step-(\d+)-(?:done|exp)-(\d+)$")
+
+
+def checkpoint_name(global_step: int, done: int) -> str:
+    return f"step-{global_step:08d}-done-{done}"
+
+
+def _order(path: Path) -> tuple[int, int]:
+    """(global step, experiences done) of a checkpoint directory name; newest sorts last."""
+    match = _NAME.match(path.name)
+    return (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+
+
+def write_checksums(folder: Path) -> None:
+    sums = {f.name: {"size": f.stat().st_size, "sha256": atomic.sha256_file(f)}
+            for f in sorted(folder.iterdir()) if f.is_file() and f.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps({"algorithm": "sha256", "files": sums}, indent=1))
+
+
+def verify(folder: Path) -> str | None:
+    """None when every file of the checkpoint matches its stored size and checksum, else why not.
+    Checkpoints of older versions carry no checksums: they pass when all their files are present."""
+    manifest = folder / CHECKSUMS
+    if not manifest.is_file():
+        missing = [name for name in FILES if not (folder / name).is_file()]
+        return f"missing {', '.join(missing)}" if missing else None
+    try:
+        sums = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{CHECKSUMS} unreadable ({type(exc).__name__})"
+    for name in FILES:
+        entry = sums.get(name) if isinstance(sums, dict) else None
+        path = folder / name
+        if not isinstance(entry, dict):
+            return f"{name} not listed in {CHECKSUMS}"
+        if not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != entry.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, {entry.get('size')} expected (truncated?)"
+        if atomic.sha256_file(path) != entry.get("sha256"):
+            return f"{name} checksum mismatch"
+    return None
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -65,7 +117,7 @@ class Checkpointer:
         self.keep = keep
 
     def save(self, strategy, *, store, position: dict, plugins=()) -> Path:
-        tag = f"step-{strategy.global_step:08d}-exp-{position['exp_index']}"
+        tag = checkpoint_name(strategy.global_step, position["exp_index"])
         target = self.root / tag
         with atomic.directory(target) as tmp:
             save_file(trainable_state(strategy.model), str(tmp / "adapter.safetensors"))
@@ -80,32 +132,62 @@ class Checkpointer:
                 "position": position, "global_step": strategy.global_step, "rng": plain,
                 "results": store.to_json(),
             }))
+            write_checksums(tmp)
         atomic.write_text(self.root / LATEST, tag + "\n")
         self._prune(keep_tag=tag)
         return target
 
-    def _prune(self, keep_tag: str) -> None:
-        tags = sorted(p.name for p in self.root.glob("step-*") if p.is_dir())
-        for old in tags[:-self.keep]:
-            if old != keep_tag:
-                shutil.rmtree(self.root / old, ignore_errors=True)
+    def all(self) -> list[Path]:
+        """Checkpoint directories, oldest first (by global step, then experiences done)."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=_order)
 
-    def latest(self) -> Path | None:
-        pointer = self.root / LATEST
-        if not pointer.is_file():
-            return None
-        path = self.root / pointer.read_text().strip()
-        if not (path / "state.json").is_file():
-            raise UserError(f"{pointer} names {path.name}, which is missing or incomplete")
-        return path
+    def _prune(self, keep_tag: str) -> None:
+        for old in self.all()[:-self.keep]:
+            if old.name != keep_tag:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def latest(self, *, remove_corrupt: bool = False) -> Path | None:
+        """The newest checkpoint that passes `verify`. Corrupt newer ones are reported on stderr (and
+        removed with remove_corrupt, so later pruning keeps valid ones); None when there is none at all.
+        A UserError when checkpoints exist but none is valid: a fresh start would redo finished work."""
+        found = self.all()
+        rejected = []
+        for path in reversed(found):
+            why = verify(path)
+            if why is None:
+                for bad, reason in rejected:
+                    print(f"warning: checkpoint {bad} is corrupt ({reason}); resuming from {path.name}"
+                          + (" and removing it" if remove_corrupt else ""), file=sys.stderr, flush=True)
+                    if remove_corrupt:
+                        shutil.rmtree(bad, ignore_errors=True)
+                if remove_corrupt and rejected:
+                    atomic.write_text(self.root / LATEST, path.name + "\n")
+                return path
+            rejected.append((path, why))
+        if rejected:
+            reasons = "; ".join(f"{p.name}: {why}" for p, why in rejected)
+            raise UserError(f"{self.root} holds no valid checkpoint ({reasons}); move it away to start the run "
+                            f"over, or choose another --out")
+        return None
 
     @staticmethod
     def read(path: Path) -> dict:
-        state = json.loads((path / "state.json").read_text())
-        state["adapter"] = load_file(str(path / "adapter.safetensors"))
-        state["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
-        state["plugins"] = torch.load(path / "plugins.pt", weights_only=False)
-        state["rng_tensors"] = torch.load(path / "rng.pt", weights_only=True)
+        """Everything `save` wrote; a file that cannot be parsed is a UserError naming it (never a traceback)."""
+        def load(name, reader):
+            try:
+                return reader(path / name)
+            except Exception as exc:  # noqa: BLE001  (safetensors, torch and json raise many kinds)
+                raise UserError(f"checkpoint {path}: cannot read {name} ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); move the checkpoint "
+                                f"away to resume from an older one") from None
+
+        state = load("state.json", lambda p: json.loads(p.read_text()))
+        state["adapter"] = load("adapter.safetensors", lambda p: load_file(str(p)))
+        state["optimizer"] = load("optimizer.pt", lambda p: torch.load(p, weights_only=True))
+        state["plugins"] = load("plugins.pt", lambda p: torch.load(p, weights_only=False))
+        state["rng_tensors"] = load("rng.pt", lambda p: torch.load(p, weights_only=True))
         return state
 
 

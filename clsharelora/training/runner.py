@@ -1,45 +1,42 @@
 """One continual-learning run, end to end: validate -> data -> model + adapter -> Avalanche training over
 the stream, scoring every task after every experience -> results, adapters and checkpoints on disk.
 
-Everything a user can get wrong is checked in `prepare` before any model weight is loaded.
+Everything a user can get wrong is checked before the run directory is created: `prepare` (names, options,
+stream, seed, device, model path, adapter on the meta device, output location; training/preflight.py and
+training/rundir.py), then the data, then the weights with the adapter. The run directory's lock, identity
+and resume checks live in training/rundir.py, environment and cost probing in training/environment.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata as md
-import platform
 import random
-import resource
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from avalanche.core import SupervisedPlugin
 from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from .. import atomic, hardware, models, registry
+from .. import hardware, models, registry
 from ..benchmarks.scenario import make_benchmark
 from ..benchmarks.stream import Stream, load_stream
 from ..config import RunConfig, accumulation_steps
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from ..evaluation.base import make_evaluator
-from ..paths import PROJECT_ROOT, data_root
+from ..paths import data_root
+from . import preflight, rundir
 from .checkpoint import Checkpointer, CheckpointPlugin
 from .cl_base import CLContext
 from .distributed import Dist
+from .environment import CostPlugin, param_costs
 from .metric_plugin import ContinualMetrics
 from .results import ResultsStore
 from .scoring import ScoringPlugin
-from .template import CausalLMTemplate, trainable_parameters
-
-PACKAGES = ("torch", "transformers", "peft", "avalanche-lib", "accelerate", "datasets", "numpy", "safetensors")
+from .template import CausalLMTemplate
 
 
 @dataclass
@@ -50,7 +47,9 @@ class Prepared:
     cl: registry.Strategy
     run_dir: Path
     data_root: Path
-    resume_from: Path | None
+    identity: dict          # config, stream content and data hashes: what --resume must find unchanged
+    continuing: bool        # the run directory holds this run already (--resume)
+    name_given: bool        # --name was given (else the saved run's name is kept on resume)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,70 +58,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolved_config_dict(config: RunConfig) -> dict:
-    """What identifies a run: its config without the output location."""
-    data = config.to_dict()
-    data.pop("out", None)
-    return data
-
-
-def environment() -> dict:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True,
-                                    text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-            "git_commit": commit, "git_dirty": dirty, "torch_threads": torch.get_num_threads(),
-            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "cpu": hardware.cpu_record()}
-
-
 def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
-    """All validation: names, options, stream, data files, output dir. Loads no model."""
+    """Validation that needs no data and no weights: names, options, stream, seed, device, model path, the
+    adapter against the model (on the meta device), the output location and what it already holds."""
     stream = load_stream(config.stream)
     adapter_opts = {k: v for k, v in config.adapter.items() if k != "name"}
     cl_opts = {k: v for k, v in config.cl.items() if k != "name"}
     adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
     cl = registry.create(config.cl["name"], "cl", **cl_opts)
-    models.resolve(config.model)
+    preflight.check_seed(config.seed)
+    preflight.check_device(config.device)
+    preflight.check_model(config.model)
     root = data_root(config.data_root)
-    name = config.name or f"{stream.name}-{adapter.name}"
+    name = config.name or rundir.default_name(stream, adapter, cl)
+    rundir.check_name(name, "from --name" if config.name else f"from the stream name in {stream.path}")
     run_dir = Path(config.out or Path("runs") / name)
-    resume_from = _check_run_dir(run_dir, config, resume)
-    return Prepared(config=dataclasses.replace(config, name=name, out=str(run_dir)), stream=stream,
-                    adapter=adapter, cl=cl, run_dir=run_dir, data_root=root, resume_from=resume_from)
-
-
-def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> Path | None:
-    saved = run_dir / "config.yaml"
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        if resume:
-            raise UserError(f"--resume: {run_dir} holds no run to resume")
-        return None
-    if not saved.is_file():
-        raise UserError(f"output dir {run_dir} is not empty and holds no clsharelora run; choose another --out")
-    old = yaml.safe_load(saved.read_text()) or {}
-    old.pop("out", None)
-    new = resolved_config_dict(config)
-    new["name"] = old.get("name") if config.name is None else new["name"]
-    if not resume:
-        raise UserError(f"output dir {run_dir} already holds a run: add --resume to continue it, "
-                        f"or choose another --out")
-    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if differing:
-        raise UserError(f"output dir {run_dir} holds a different run (config differs in: {', '.join(differing)}); "
-                        f"choose another --out")
-    latest = Checkpointer(run_dir).latest()
-    return latest
+    rundir.check_location(run_dir)
+    base = preflight.meta_base(config.model)
+    if base is not None:
+        preflight.apply_on_meta(adapter, base)
+    resolved = dataclasses.replace(config, name=name, out=str(run_dir))
+    ident = rundir.identity(resolved, stream, root)
+    rundir.check_not_locked(run_dir)
+    continuing = rundir.check_existing(run_dir, resolved, ident, resume=resume, name_given=config.name is not None)
+    if continuing:
+        rundir.check_results_rows(run_dir, stream)
+    return Prepared(config=resolved, stream=stream, adapter=adapter, cl=cl, run_dir=run_dir, data_root=root,
+                    identity=ident, continuing=continuing, name_given=config.name is not None)
 
 
 def _load_model(prep: Prepared, device: torch.device):
@@ -143,71 +105,16 @@ def _load_model(prep: Prepared, device: torch.device):
                                                            bnb_4bit_use_double_quant=True)
         kwargs["device_map"] = {"": device}
     seed_everything(cfg.seed)
-    model = models.load_model(cfg.model, dtype=dtype, device=device, seed=cfg.seed, **kwargs)
+    model = _loading("weights", cfg.model,
+                     lambda: models.load_model(cfg.model, dtype=dtype, device=device, seed=cfg.seed, **kwargs))
     if cfg.load_in_4bit:  # QLoRA recipe: fp32 norms, input grads for checkpointing
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     seed_everything(cfg.seed)  # the adapter's init draws from a known RNG state
     model = prep.adapter.apply(model)
+    preflight.check_adapter_fits(prep.adapter, model)  # hub models, whose architecture prepare could not see
     return model if cfg.load_in_4bit else model.to(device)
-
-
-def _reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss() -> int:
-    """Peak resident set size since the last reset (VmHWM), else the process lifetime peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-class CostPlugin(SupervisedPlugin, supports_distributed=True):
-    """Train time (the epochs' wall time: scoring, saving and checkpointing excluded), optimizer-state bytes
-    and peak memory, kept in the results."""
-
-    def __init__(self, store: ResultsStore, device: torch.device):
-        super().__init__()
-        self.store, self.device = store, device
-        self._start = None
-        # Peaks are per run: `compare` runs several strategies in one process.
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        else:
-            _reset_peak_rss()
-
-    def before_training_epoch(self, strategy, **kwargs):
-        self._start = time.perf_counter()
-
-    def after_training_epoch(self, strategy, **kwargs):
-        elapsed = time.perf_counter() - self._start
-        self.store.cost["train_time_s"] = round(self.store.cost.get("train_time_s", 0.0) + elapsed, 3)
-
-    def after_update(self, strategy, **kwargs):
-        if "optimizer_state_bytes" not in self.store.cost:
-            self.store.cost["optimizer_state_bytes"] = sum(
-                t.numel() * t.element_size() for s in strategy.optimizer.state.values() for t in s.values()
-                if torch.is_tensor(t) and t.dim() > 0)
-
-    def after_training_exp(self, strategy, **kwargs):
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = _peak_rss()
-        self.store.cost["peak_memory_bytes"] = max(int(peak), int(self.store.cost.get("peak_memory_bytes", 0)))
-        self.store.cost["peak_memory_kind"] = "cuda_allocated" if self.device.type == "cuda" else "process_rss"
-        steps = self.store.cost.setdefault("optimizer_steps", [])  # per experience; resumed with the cost
-        steps[strategy.exp_index:] = [strategy.exp_step]
 
 
 class ExperienceDone(SupervisedPlugin, supports_distributed=True):
@@ -223,12 +130,33 @@ class ExperienceDone(SupervisedPlugin, supports_distributed=True):
             self.store.write(self.run_dir)
 
 
+class RowTextLogger(TextLogger):
+    """Avalanche's TextLogger prints metric values only when an epoch or an evaluation ends, so the row scored
+    after the last experience never reached log.txt (and every other row came one experience late, under
+    "Epoch N ended."): print each row of R when ContinualMetrics emits it."""
+
+    def before_training_exp(self, strategy, metric_values, **kwargs):
+        super().before_training_exp(strategy, metric_values, **kwargs)
+        self._print_row("before training")
+
+    def after_training_exp(self, strategy, metric_values, **kwargs):
+        super().after_training_exp(strategy, metric_values, **kwargs)
+        self._print_row(f"after experience {strategy.experience.current_experience + 1}")
+
+    def _print_row(self, when: str) -> None:
+        if self.metric_vals:
+            print(f"-- scores {when} --", file=self.file)
+            self.print_current_metrics()
+            self.metric_vals = {}
+            self.file.flush()
+
+
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
     """Avalanche loggers named in `loggers`; they receive ContinualMetrics' values after every experience."""
     out = []
     for name in filter(None, cfg.loggers.split(",")):
         if name == "text":
-            out.append(TextLogger(open(run_dir / "log.txt", "a")))
+            out.append(RowTextLogger(open(run_dir / "log.txt", "a", buffering=1)))
         elif name == "tensorboard":
             from avalanche.logging import TensorboardLogger
 
@@ -240,8 +168,33 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
     return out
 
 
+def _loading(what: str, name: str, load):
+    """Loading a model or tokenizer that a validated path still cannot provide: one error line, no traceback."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {name!r}: cannot load its {what} ({first})") from None
+
+
+def capped_sizes(stream: Stream, benchmark, evaluators, eval_n: int | None) -> list[dict]:
+    """Where a requested n exceeds the data (the loaders then use all items), which experience, what was
+    asked and what is used: said once on stderr and kept in results.json's run block."""
+    out = []
+    for exp, experience, ev in zip(stream.experiences, benchmark.train_stream, evaluators):
+        if exp.train.n is not None and len(experience.dataset) < exp.train.n:
+            out.append({"experience": exp.name, "key": "train.n", "requested": exp.train.n,
+                        "used": len(experience.dataset)})
+        asked = [n for n in (exp.eval_options.get("n"), eval_n) if n is not None]
+        records = getattr(ev, "records", None)
+        if asked and records is not None and len(records) < min(asked):
+            out.append({"experience": exp.name, "key": "eval.n", "requested": min(asked), "used": len(records)})
+    return out
+
+
 def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) the stream; returns the run directory."""
+    """Run (or resume) the stream; returns the run directory. Every input is validated (prepare, then data,
+    then weights and adapter) before the run directory is created."""
     prep = prepare(config, resume=resume)
     cfg = prep.config
     dist = Dist.from_environment(cfg.device) if cfg.device in ("auto", "cpu") else Dist.single(cfg.device)
@@ -252,7 +205,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     accumulation = accumulation_steps(cfg.train, dist.world_size)  # before anything is written
 
     # Data next (missing/corrupt files fail here), still before anything is written or any weight is loaded.
-    tokenizer = models.load_tokenizer(cfg.model)
+    tokenizer = _loading("tokenizer", cfg.model, lambda: models.load_tokenizer(cfg.model))
     seed_everything(cfg.seed)
     benchmark, training_data = make_benchmark(prep.stream, tokenizer, max_length=cfg.train.max_length,
                                               seed=cfg.seed, data_root=prep.data_root)
@@ -262,13 +215,12 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         if cfg.eval.n is not None:  # a run-level cap on top of the stream's subset sizes
             options["n"] = min(options.get("n") or cfg.eval.n, cfg.eval.n)
         evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
+    capped = capped_sizes(prep.stream, benchmark, evaluators, cfg.eval.n)
+    for c in capped if dist.is_main else ():
+        print(f"note: experience {c['experience']!r}: {c['key']}={c['requested']} but the data hold "
+              f"{c['used']} items; using {c['used']}", file=sys.stderr, flush=True)
 
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        atomic.write_json(run_dir / "environment.json", environment())
-    dist.barrier()
-    model = _load_model(prep, device)
+    model = _load_model(prep, device)   # weights and the adapter on the real model: the last checks
     store = ResultsStore(
         run={"name": cfg.name, "stream": prep.stream.name, "adapter": prep.adapter.name,
              "variant": getattr(prep.adapter, "variant_label", None)  # lora's matched control: match_share_a
@@ -277,72 +229,53 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
              "model": cfg.model, "seed": cfg.seed, "adapter_options": prep.adapter.options,
              "cl_options": prep.cl.options,
              "batching": {"global_batch": cfg.train.global_batch, "batch_size": cfg.train.batch_size,
-                          "processes": dist.world_size, "accumulation": accumulation}},
+                          "processes": dist.world_size, "accumulation": accumulation},
+             **({"n_capped": capped} if capped else {})},
         tasks=prep.stream.tasks, experiences=[e.name for e in prep.stream.experiences])
-    store.cost.update(_param_costs(prep, model))
+    store.cost.update(param_costs(prep.adapter, model))
     store.precision = precision
     store.training_data = {d.experience: d.to_dict() for d in training_data}
     if dist.is_main:  # the length policy's drops, once per run (also in results.json `training_data`)
         print("training data: " + "; ".join(d.summary() for d in training_data), file=sys.stderr, flush=True)
 
-    cl_plugins = prep.cl.plugins(CLContext(seed=cfg.seed, datasets=[e.dataset for e in benchmark.train_stream],
-                                           dist=dist, model=model, store=store))
-    checkpointer = Checkpointer(run_dir)
-    checkpoint = CheckpointPlugin(checkpointer, store, every=cfg.train.checkpoint_every, plugins=cl_plugins, dist=dist)
-    scoring = ScoringPlugin(evaluators, tokenizer, store, run_dir, adapter=prep.adapter, dist=dist, progress=progress)
-    loggers = make_loggers(cfg, run_dir) if dist.is_main else []
-    evaluator = EvaluationPlugin(ContinualMetrics(store), loggers=loggers)
-    budgets = {i: {"epochs": e.train.epochs, "max_steps": e.train.max_steps}
-               for i, e in enumerate(prep.stream.experiences)}
-    strategy = CausalLMTemplate(
-        model=model, train_config=cfg.train, seed=cfg.seed, device=device, dist=dist, progress=progress, budgets=budgets,
-        plugins=[*cl_plugins, scoring, CostPlugin(store, device), ExperienceDone(checkpoint, store, run_dir, dist),
-                 checkpoint],
-        evaluator=evaluator)
+    with rundir.claim(run_dir, cfg, prep.identity, prep.stream, resume=resume, name_given=prep.name_given,
+                      is_main=dist.is_main, barrier=dist.barrier) as claim:
+        cl_plugins = prep.cl.plugins(CLContext(seed=cfg.seed, datasets=[e.dataset for e in benchmark.train_stream],
+                                               dist=dist, model=model, store=store))
+        checkpointer = Checkpointer(run_dir)
+        checkpoint = CheckpointPlugin(checkpointer, store, every=cfg.train.checkpoint_every, plugins=cl_plugins,
+                                      dist=dist)
+        scoring = ScoringPlugin(evaluators, tokenizer, store, run_dir, adapter=prep.adapter, dist=dist,
+                                progress=progress)
+        loggers = make_loggers(cfg, run_dir) if dist.is_main else []
+        evaluator = EvaluationPlugin(ContinualMetrics(store), loggers=loggers)
+        budgets = {i: {"epochs": e.train.epochs, "max_steps": e.train.max_steps}
+                   for i, e in enumerate(prep.stream.experiences)}
+        strategy = CausalLMTemplate(
+            model=model, train_config=cfg.train, seed=cfg.seed, device=device, dist=dist, progress=progress,
+            budgets=budgets, evaluator=evaluator,
+            plugins=[*cl_plugins, scoring, CostPlugin(store, device), ExperienceDone(checkpoint, store, run_dir, dist),
+                     checkpoint])
 
-    start = 0
-    if prep.resume_from is not None:
-        state = Checkpointer.read(prep.resume_from)
-        _check_rows_unchanged(run_dir, state["results"])
-        restored = ResultsStore.from_json(state["results"])
-        store.rows, store.cost = restored.rows, {**store.cost, **restored.cost}
-        checkpoint.restore_weights(strategy, state)
-        start = state["position"]["exp_index"]
-        if dist.is_main:
-            print(f"resuming {run_dir} from {prep.resume_from.name}: {store.done} experience(s) done", flush=True)
-    for experience in prep.cl.schedule(list(benchmark.train_stream))[start:]:  # joint training: one
-        strategy.train(experience)
-    if dist.is_main:
-        store.write(run_dir)
-    dist.barrier()
-    return run_dir
-
-
-def _check_rows_unchanged(run_dir: Path, checkpoint_results: dict) -> None:
-    """results.json may never hold rows that the checkpoint contradicts (completed results are final)."""
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return
-    import json
-
-    on_disk = json.loads(path.read_text()).get("scores", [])
-    saved = checkpoint_results.get("scores", [])
-    for i, row in enumerate(on_disk[:len(saved)]):
-        if row != saved[i]:
-            raise UserError(f"{path}: row {i} differs from the checkpoint; refusing to overwrite finished results")
-
-
-def _param_costs(prep: Prepared, model) -> dict:
-    cost = {"trainable_params": sum(p.numel() for p in trainable_parameters(model))}
-    opts = prep.adapter.options
-    if "r" in opts and "targets" in opts:
+        start = 0
+        if claim.resume_from is not None:
+            state = Checkpointer.read(claim.resume_from)
+            rundir.check_rows_unchanged(run_dir, state["results"])
+            restored = ResultsStore.from_json(state["results"])
+            store.rows, store.cost = restored.rows, {**store.cost, **restored.cost}
+            checkpoint.restore_weights(strategy, state)
+            start = state["position"]["exp_index"]
+            if dist.is_main:
+                print(f"resuming {run_dir} from {claim.resume_from.name}: {store.done} experience(s) done",
+                      flush=True)
         try:
-            lora = registry.create("lora", "adapter", r=opts["r"], targets=opts["targets"])
-            base_config = getattr(model, "base_model", model).config if hasattr(model, "base_model") else model.config
-            cost["lora_trainable_params"] = int(lora.expected_params(base_config))
-            matched = getattr(prep.adapter, "matched", lambda _: None)(base_config)  # LoRA at a matched count
-            if matched:
-                cost["matched"] = matched
-        except (UserError, AttributeError, TypeError, KeyError):
-            pass
-    return cost
+            for experience in prep.cl.schedule(list(benchmark.train_stream))[start:]:  # joint training: one
+                strategy.train(experience)
+        finally:
+            for logger in loggers:
+                if isinstance(logger, RowTextLogger):
+                    logger.file.close()
+        if dist.is_main:
+            store.write(run_dir)
+        dist.barrier()
+    return run_dir
