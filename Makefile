@@ -62,7 +62,7 @@ report: install
 # BENCH_ARGS="--threads 1" on a shared machine; --only adapters,overhead,eval,scaling,meta for parts.
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m clsharelora.bench.run $(BENCH_ARGS)
 
 bench-smoke: install
 	$(PY) -m pytest -q tests/test_bench_smoke.py

@@ -186,7 +186,7 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         t0 = time.perf_counter()
         kwargs = dict(model_name=model_name, variant=v, r=r, batch=batch, seq=seq, warmup=1 if isolate else 0,
                       reps=1, device=str(dev))
-        mem = run_isolated("bench.adapters:measure_config", kwargs) if isolate else measure_config(**kwargs)
+        mem = run_isolated("clsharelora.bench.adapters:measure_config", kwargs) if isolate else measure_config(**kwargs)
         rows[v]["peak_memory_bytes"] = mem["peak_memory_bytes"]
         rows[v]["peak_memory_kind"] = mem["peak_memory_kind"]
         log(f"[adapters] peak memory {v}: {mem['peak_memory_bytes'] / 2**20:.0f} MiB "

@@ -19,8 +19,8 @@ def run(*, model_name: str, r: int, batch: int, seq: int, reps: int, steps_per_b
         log=print) -> dict[str, Any]:
     from clsharelora.evaluation.generation import pad_id
     from clsharelora.models import load_tokenizer
-    from strategies import _adapter_copies as copies
-    from strategies.lwf import TEACHER, LwFPlugin
+    from clsharelora.strategies import _adapter_copies as copies
+    from clsharelora.strategies.lwf import TEACHER, LwFPlugin
 
     if steps_per_block < 2:
         raise ValueError("steps_per_block must be >= 2 (the first step of a block is not a sample)")

@@ -33,7 +33,7 @@ def run(*, model_name: str, variants: Sequence[str], seqs: Sequence[int], ranks:
             t0 = time.perf_counter()
             kwargs = dict(model_name=model_name, variant=variant, r=r, batch=batch, seq=seq, warmup=warmup,
                           reps=reps, device=str(dev))
-            row = run_isolated("bench.adapters:measure_config", kwargs) if isolate else measure_config(**kwargs)
+            row = run_isolated("clsharelora.bench.adapters:measure_config", kwargs) if isolate else measure_config(**kwargs)
             row["tokens_per_s"] = batch * seq / row["step_time"]["median"]
             rows.append(row)
             log(f"[scaling] {variant:8s} seq {seq:4d} r {r:3d}: step {row['step_time']['median']:.3f} s, "

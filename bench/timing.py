@@ -161,7 +161,7 @@ def run_isolated(target: str, kwargs: Mapping[str, Any], *, timeout: float = 180
 
     Used for every peak-memory figure, so each configuration starts from an empty process.
     """
-    cmd = [sys.executable, "-m", "bench.timing", target, json.dumps(dict(kwargs))]
+    cmd = [sys.executable, "-m", "clsharelora.bench.timing", target, json.dumps(dict(kwargs))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT, env=env)

@@ -254,11 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "study":
             return _cmd_study(args)
         if args.command == "report":
-            from analysis.report import main as report_main
+            from clsharelora.analysis.report import main as report_main
 
             return report_main(args.args)
         if args.command == "bench":
-            from bench.run import main as bench_main
+            from clsharelora.bench.run import main as bench_main
 
             return bench_main(args.args)
     except UserError as exc:

@@ -1,7 +1,7 @@
 """Plug-in registry for strategies: adapters (how a model gets trainable parameters) and CL methods
 (what happens around training: replay, EWC, ...).
 
-A plug-in is ONE file in the top-level `strategies/` folder, a module named by an entry point in the
+A plug-in is ONE file in the top-level `strategies/` folder (installed as `clsharelora.strategies`), a module named by an entry point in the
 group ``clsharelora.strategies`` of any installed package, or a file in a folder listed in
 $CLSHARELORA_STRATEGY_PATH. It registers classes with the decorators below;
 nothing in `clsharelora/` changes when a strategy is added.
@@ -141,11 +141,11 @@ def plugin_files() -> list[PluginFile]:
     """Every plug-in file, in load order: the built-in `strategies/` package, entry points of the group
     ``clsharelora.strategies``, then the folders of $CLSHARELORA_STRATEGY_PATH. Imports nothing."""
     out: list[PluginFile] = []
-    spec = importlib.util.find_spec("strategies")
+    spec = importlib.util.find_spec("clsharelora.strategies")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         for path in sorted(Path(folder).glob("*.py")):
             if not path.name.startswith("_"):
-                out.append(_scan(path, f"strategies.{path.stem}"))
+                out.append(_scan(path, f"clsharelora.strategies.{path.stem}"))
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         module = ep.value.partition(":")[0]
         try:

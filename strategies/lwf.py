@@ -21,7 +21,7 @@ from clsharelora.benchmarks.tokenized import IGNORE_INDEX
 from clsharelora.errors import ConfigError
 from clsharelora.registry import register
 from clsharelora.training.cl_base import CLContext, CLStrategy
-from strategies import _adapter_copies as copies
+from clsharelora.strategies import _adapter_copies as copies
 
 TEACHER = "lwf_teacher"
 
@@ -94,6 +94,8 @@ class LwF(CLStrategy):
     """Defaults: lambda = 1 and T = 2 (Li & Hoiem 2016 use lambda_o = 1 and T = 2)."""
 
     defaults = {"lwf_lambda": 1.0, "temperature": 2.0}
+    option_help = {"lwf_lambda": "weight of the distillation term lambda T^2 KL(p_old/T || p_new/T)",
+                   "temperature": "softmax temperature T of teacher and student"}
 
     def validate(self) -> None:
         lam, temp = self.options["lwf_lambda"], self.options["temperature"]

@@ -25,7 +25,7 @@ from clsharelora.errors import ConfigError
 from clsharelora.registry import register
 from clsharelora.training.cl_base import CLContext, CLStrategy
 
-from strategies import _adapter_copies as copies
+from clsharelora.strategies import _adapter_copies as copies
 
 FROZEN_PREFIX = "olora_"
 SAVE_FILE = "olora_frozen.safetensors"
@@ -152,6 +152,9 @@ class OLoRA(CLStrategy):
     """Defaults from the authors' code (cmnfriend/O-LoRA, scripts/order_*.sh): lambda_1 = 0.5, lambda_2 = 0."""
 
     defaults = {"lambda_1": 0.5, "lambda_2": 0.0, "norm": "squared"}
+    option_help = {"lambda_1": "weight of the orthogonality term sum ||A_i A_t^T||^2 over earlier adapters",
+                   "lambda_2": "weight of the L2 term ||theta_t||^2 on the new adapter",
+                   "norm": "squared (the paper) | abs (the authors' code)"}
 
     def validate(self) -> None:
         for key in ("lambda_1", "lambda_2"):

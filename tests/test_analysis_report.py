@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-import analysis.style as style
-from analysis.curves import plot_forgetting_curves
-from analysis.fake_runs import write_run
-from analysis.heatmaps import plot_heatmaps
-from analysis.report import main
-from analysis.runs import load_runs
-from analysis.tables import comparison_markdown, comparison_table
+import clsharelora.analysis.style as style
+from clsharelora.analysis.curves import plot_forgetting_curves
+from clsharelora.analysis.fake_runs import write_run
+from clsharelora.analysis.heatmaps import plot_heatmaps
+from clsharelora.analysis.report import main
+from clsharelora.analysis.runs import load_runs
+from clsharelora.analysis.tables import comparison_markdown, comparison_table
 from clsharelora import metrics
 
 MIB = 2**20
@@ -217,7 +217,7 @@ def test_missing_run_dir_exit_nonzero(tmp_path, capsys):
 
 
 def _stub_plots(monkeypatch):
-    import analysis.report as rep
+    import clsharelora.analysis.report as rep
 
     def fake_plot(runs, score, path, title=None):
         path.write_bytes(PNG_MAGIC)
@@ -243,3 +243,19 @@ def test_run_without_scores_is_listed_not_analysed(tmp_path, monkeypatch):
     # all runs empty: a clear error, not an empty report
     (tmp_path / "runs" / "ok" / "results.json").unlink()
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out2")]) == 2
+
+
+def test_fixture_runs_are_written_through_the_results_store_and_reported_as_synthetic(tmp_path):
+    import json
+
+    from clsharelora.training.results import ResultsStore
+
+    run = write_run(tmp_path / "runs", "fixture", [[0.1, 0.2], [0.5, 0.2], [0.4, 0.6]], [[2.0, 2.0], [1.0, 2.0],
+                    [1.5, 1.0]], tasks=("gsm8k", "mmlu"), experiences=("gsm8k", "mmlu"))
+    data = json.loads((run / "results.json").read_text())
+    assert data["run"]["synthetic"] is True
+    again = ResultsStore.from_json(data).to_json()   # the one writer round-trips what the fixture wrote
+    assert again == data
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
+    assert "**Synthetic runs**" in (tmp_path / "rep" / "report.md").read_text()
+    assert "SYNTHETIC" in (tmp_path / "rep" / "report.md").read_text()

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from analysis.fake_runs import write_run
-from analysis.runs import by_setting, by_strategy, find_run_dirs, load_run, load_runs, mean_matrix, strategy_label, tidy
+from clsharelora.analysis.fake_runs import write_run
+from clsharelora.analysis.runs import by_setting, by_strategy, find_run_dirs, load_run, load_runs, mean_matrix, strategy_label, tidy
 from clsharelora import metrics
 from clsharelora.errors import DataError
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from analysis.fake_runs import write_run
-from analysis.runs import load_runs
-from analysis.seeds import betainc, describe, paired_differences, seed_table, summarize_differences, t_cdf, t_quantile
+from clsharelora.analysis.fake_runs import write_run
+from clsharelora.analysis.runs import load_runs
+from clsharelora.analysis.seeds import betainc, describe, paired_differences, seed_table, summarize_differences, t_cdf, t_quantile
 from clsharelora import metrics
 
 # Published two-sided 95% critical values t_{0.975, df} (any t table), and a few other quantiles.

@@ -18,9 +18,9 @@ from clsharelora import models, registry
 from clsharelora.training import runner
 from clsharelora.training.checkpoint import Checkpointer
 from clsharelora.training.template import CausalLMTemplate
-from strategies import _adapter_copies as copies
-from strategies.lwf import LwFPlugin, distillation_sum
-from strategies.olora import OLoRAPlugin, SAVE_FILE, load_frozen, orthogonality
+from clsharelora.strategies import _adapter_copies as copies
+from clsharelora.strategies.lwf import LwFPlugin, distillation_sum
+from clsharelora.strategies.olora import OLoRAPlugin, SAVE_FILE, load_frozen, orthogonality
 
 STREAM = """\
 name: baselines
@@ -310,8 +310,8 @@ def test_joint_sees_every_item_once_in_proportion(streams, monkeypatch):
     assert len(data["scores"]) == 2 and data["cost"]["joint"]["steps"] == 6
 
     # analysis: a reference, not an incomplete sequential run; its table row holds its final scores only
-    from analysis.runs import load_run
-    from analysis.tables import comparison_table
+    from clsharelora.analysis.runs import load_run
+    from clsharelora.analysis.tables import comparison_table
 
     loaded = load_run(run)
     assert loaded.is_reference and loaded.complete and loaded.status == "reference (joint training)"

@@ -1,4 +1,4 @@
-"""CI smoke of `make bench` (`bench.run --quick`: tiny-llama, tiny shapes, one repetition) plus the timing
+"""CI smoke of `make bench` (`clsharelora.bench.run --quick`: tiny-llama, tiny shapes, one repetition) plus the timing
 helpers against independent references. The quick numbers mean nothing; what is checked is that every part
 runs, writes its JSON, prints its tables, and that the counts it reports obey their closed forms."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import run as bench_run
-from bench import timing
+from clsharelora.bench import run as bench_run
+from clsharelora.bench import timing
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +122,9 @@ def test_peak_memory_sees_a_known_allocation_on_cpu():
 
 def test_run_isolated_returns_the_child_result_and_reports_failures():
     samples = [3.0, 1.0, 2.0]
-    assert timing.run_isolated("bench.timing:summarize", {"samples": samples}) == timing.summarize(samples)
+    assert timing.run_isolated("clsharelora.bench.timing:summarize", {"samples": samples}) == timing.summarize(samples)
     with pytest.raises(RuntimeError, match="failed"):
-        timing.run_isolated("bench.timing:summarize", {"samples": []})
+        timing.run_isolated("clsharelora.bench.timing:summarize", {"samples": []})
 
 
 def test_bad_options_are_user_errors(capsys, tmp_path):

@@ -49,7 +49,7 @@ def test_replay_extends_the_training_data():
 def test_replay_ratio_fixes_the_memory_count_of_every_optimizer_step(world_size):
     """MixedOrder: each global step of G examples holds m memory items on any number of ranks; an epoch is
     one pass over the new data; the last, partial step keeps the proportion."""
-    from strategies.replay import MixedOrder
+    from clsharelora.strategies.replay import MixedOrder
 
     g = torch.Generator().manual_seed(int(torch.randint(0, 10_000, (1,))))
     n_new, n_memory = int(torch.randint(5, 60, (1,), generator=g)), int(torch.randint(1, 20, (1,), generator=g))
@@ -117,7 +117,7 @@ def test_replay_ratio_counted_in_the_batches_training_sees():
 
 
 def test_ewc_penalty_gradient_matches_autograd():
-    from strategies.ewc import AdapterEWCPlugin
+    from clsharelora.strategies.ewc import AdapterEWCPlugin
 
     torch.manual_seed(int(torch.randint(0, 1000, (1,))))
     model = torch.nn.Linear(5, 3)
@@ -218,7 +218,7 @@ def test_ewc_fisher_is_the_mean_of_squared_per_sample_gradients(adapter, opts):
 
 
 def test_ewc_fisher_sample_is_seeded_random_and_covers_small_experiences():
-    from strategies.ewc import fisher_sample
+    from clsharelora.strategies.ewc import fisher_sample
 
     a = fisher_sample(1000, 50, seed=3, exp_index=1)
     assert a == fisher_sample(1000, 50, seed=3, exp_index=1) and len(set(a)) == 50

@@ -255,7 +255,7 @@ def test_protocol_labels_and_mmlu_pro_cot_generation_settings(tok, monkeypatch):
 
 
 def test_results_json_carries_protocol_and_nll_norm_and_old_readers_still_load_it(tmp_path):
-    from analysis.runs import load_run
+    from clsharelora.analysis.runs import load_run
     from clsharelora.training.results import ResultsStore
 
     cells = [TaskScore("mmlu", 0.5, 1.2, 4, {"macro_accuracy": 0.5, "nll_norm": 0.9}, "lm-eval:mmlu").as_dict(),
@@ -271,7 +271,7 @@ def test_results_json_carries_protocol_and_nll_norm_and_old_readers_still_load_i
     run = load_run(tmp_path)
     assert run.matrices["accuracy"].tolist() == [[0.5, 0.1]] * 2
     assert run.protocols == {"mmlu": "lm-eval:mmlu", "mmlu_pro": "clsharelora:mmlu_pro_letters"}
-    from analysis.report import build_report
+    from clsharelora.analysis.report import build_report
 
     page = build_report([run], tmp_path / "report", "t").markdown()
     assert "**Evaluation protocols**: mmlu: lm-eval:mmlu; mmlu_pro: clsharelora:mmlu_pro_letters" in page

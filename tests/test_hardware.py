@@ -310,7 +310,7 @@ def test_bf16_request_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(cpu_witho
 
 # ------------------------------------------------------------------------------------------- bench
 def test_neighbour_is_a_busy_process_and_is_stopped():
-    from bench.neighbour import neighbour
+    from clsharelora.bench.neighbour import neighbour
 
     with neighbour() as proc:
         assert proc.poll() is None
@@ -321,7 +321,7 @@ def test_neighbour_is_a_busy_process_and_is_stopped():
 
 
 def test_bench_figures_carry_the_cpu_and_the_thread_choice(tmp_path, capsys):
-    from bench import run as bench_run
+    from clsharelora.bench import run as bench_run
 
     assert bench_run.main(["--quick", "--only", "neighbour,meta", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

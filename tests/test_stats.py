@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import stats
+from clsharelora.analysis import stats
 
 
 def test_binomial_and_ratio_se_closed_forms():

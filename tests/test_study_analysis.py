@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis import study
-from analysis.fake_runs import write_run
-from analysis.report import main as report_main
+from clsharelora.analysis import study
+from clsharelora.analysis.fake_runs import write_run
+from clsharelora.analysis.report import main as report_main
 
 TASKS = ("a", "b", "c")
 
