@@ -1,18 +1,15 @@
-"""Write run directories from given score matrices, in the results-format.md layout (results.json,
-R_accuracy.csv, R_nll.csv), so analysis can be tested and tried on known numbers without training."""
+"""Write run directories from given score matrices, through the one results writer (`ResultsStore`), so
+analysis can be tested and tried on known numbers without training. Their results.json says
+`"run": {"synthetic": true}` and reports mark such runs: they are fixtures, never results."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
-from clsharelora import metrics
-
-from .runs import SCORES
+from clsharelora.training.results import ResultsStore
 
 TASKS = ("gsm8k", "humaneval", "mmlu", "mmlu_pro")
 EXPERIENCES = ("gsm8k", "code", "mmlu", "mmlu_pro")
@@ -38,30 +35,18 @@ def write_run(
     done + 1, so fewer than T+1 rows makes an incomplete run. `cost` fields left out are absent (shown
     as unknown), not zero. Returns the run directory."""
     acc = np.asarray(accuracy, dtype=float)
-    T = len(tasks)
     mats = {"accuracy": acc}
     if nll is not None:
         mats["nll"] = np.asarray(nll, dtype=float)
     run_dir = Path(root) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     done = acc.shape[0] - 1
-    results = {
-        "schema": 1,
-        "run": {"name": name, "stream": stream, "adapter": adapter, "variant": variant, "cl": cl,
-                "model": model, "seed": seed},
-        "tasks": list(tasks),
-        "experiences": list(experiences)[:T],
-        "complete": done == T,
-        "matrices": {s: m.tolist() for s, m in mats.items()},
-        "metrics": {s: metrics.summarize(m, higher_is_better=SCORES[s]) for s, m in mats.items()},
-        "cost": dict(cost or {}),
-        "scores": [
-            [{"task": t, **{s: float(m[i, j]) for s, m in mats.items()}, "n": 50} for j, t in enumerate(tasks)]
-            for i in range(done + 1)
-        ],
-    }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    for s, m in mats.items():
-        frame = pd.DataFrame(m, columns=list(tasks), index=pd.Index(range(m.shape[0]), name="after"))
-        frame.to_csv(run_dir / f"R_{s}.csv")
+    store = ResultsStore(
+        run={"name": name, "stream": stream, "adapter": adapter, "variant": variant, "cl": cl, "model": model,
+             "seed": seed, "synthetic": True},
+        tasks=list(tasks), experiences=list(experiences)[:len(tasks)])
+    store.rows = [[{"task": t, **{s: float(m[i, j]) for s, m in mats.items()}, "n": 50} for j, t in enumerate(tasks)]
+                  for i in range(done + 1)]
+    store.cost = dict(cost or {})
+    store.write(run_dir)
     return run_dir

@@ -130,6 +130,10 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     protocols = sorted({(task, proto) for r in runs for task, proto in r.protocols.items()})
     if protocols:  # "lm-eval:<task>": string-identical to that lm-eval task; "clsharelora:<name>": our own
         page.para("**Evaluation protocols**: " + "; ".join(f"{task}: {proto}" for task, proto in protocols))
+    synthetic = [r for r in runs if r.synthetic]
+    if synthetic:
+        page.para("**Synthetic runs** (written by a test fixture from given matrices, not by training; never "
+                  "results): " + "; ".join(r.name for r in synthetic))
     incomplete = [r for r in runs if r.started and not r.complete]
     if incomplete:
         page.para(

@@ -57,6 +57,8 @@ class Run:
     cost: dict[str, float] = field(repr=False)
     #: how peak memory was measured ("cuda_allocated", "process_rss", ...), when the run says
     memory_kind: str | None = None
+    #: written by a test fixture (analysis.fake_runs), not by training: reports say so
+    synthetic: bool = False
     #: task -> evaluation protocol ("lm-eval:mmlu", "clsharelora:mmlu_pro_letters", ...), when the run says
     protocols: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -88,8 +90,10 @@ class Run:
         if not self.started:
             return "not started (no scores yet)"
         if self.is_reference:
-            return "reference (joint training)" if self.complete else "reference, not trained yet"
-        return "complete" if self.complete else f"incomplete ({self.done}/{self.T} experiences)"
+            status = "reference (joint training)" if self.complete else "reference, not trained yet"
+        else:
+            status = "complete" if self.complete else f"incomplete ({self.done}/{self.T} experiences)"
+        return status + (" — SYNTHETIC (test fixture, not a result)" if self.synthetic else "")
 
     @property
     def label(self) -> str:
@@ -252,6 +256,7 @@ def load_run(path: str | Path) -> Run:
         matrices=mats,
         cost=cost,
         memory_kind=memory_kind,
+        synthetic=run.get("synthetic") is True,
         protocols=protocols,
     )
 

@@ -1,5 +1,7 @@
 """The run's results: the R matrices (accuracy, NLL) row by row, their CL metrics, and the files they go to.
 
+This module owns the results.json schema (docs/results-format.md): training writes through `ResultsStore`,
+and so do the test fixtures (`clsharelora.analysis.fake_runs`, whose runs say `"synthetic": true`).
 Rows are only ever appended: a resumed run reloads the rows already written and never rewrites them.
 """
 
@@ -45,6 +47,10 @@ class ResultsStore:
             raise ValueError("all rows are already recorded")
         self.rows.append([dict(s) for s in scores])
 
+    def scores(self) -> list[str]:
+        """The scores every cell carries (accuracy always; nll when the evaluators report it)."""
+        return [s for s in SCORES if self.rows and all(s in cell for row in self.rows for cell in row)]
+
     def matrix(self, score: str) -> np.ndarray:
         return np.array([[float(cell[score]) for cell in row] for row in self.rows], dtype=float)
 
@@ -52,7 +58,7 @@ class ResultsStore:
         from ..metrics import summarize
 
         out = {}
-        for score in SCORES:
+        for score in self.scores():
             if len(self.rows) >= 2:
                 out[score] = summarize(self.matrix(score), higher_is_better=score != "nll")
         return out
@@ -61,7 +67,7 @@ class ResultsStore:
         return {
             "schema": SCHEMA, "run": self.run, "tasks": self.tasks, "experiences": self.experiences,
             "complete": self.complete,
-            "matrices": {score: self.matrix(score).tolist() for score in SCORES} if self.rows else
+            "matrices": {score: self.matrix(score).tolist() for score in self.scores()} if self.rows else
                         {score: [] for score in SCORES},
             "metrics": _jsonable(self.metrics()), "cost": self.cost, "training_data": self.training_data,
             "precision": self.precision, "scores": self.rows,
@@ -70,7 +76,7 @@ class ResultsStore:
     def write(self, run_dir: str | Path) -> None:
         run_dir = Path(run_dir)
         atomic.write_json(run_dir / "results.json", self.to_json())
-        for score in SCORES:
+        for score in self.scores() if self.rows else SCORES:
             lines = ["after," + ",".join(self.tasks)]
             for i, row in enumerate(self.rows):
                 lines.append(f"{i}," + ",".join(repr(float(c[score])) for c in row))
