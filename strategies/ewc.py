@@ -121,6 +121,11 @@ class EWC(CLStrategy):
 
     defaults = {"ewc_lambda": 1000.0, "fisher_samples": 128, "mode": "separate", "decay": 1.0,
                 "fisher_norm": "none"}
+    option_help = {"ewc_lambda": "weight of the penalty lambda/2 sum F (theta - theta*)^2",
+                   "fisher_samples": "examples per experience for the per-sample empirical Fisher (seeded)",
+                   "mode": "separate (one term per past experience) | online (one decayed sum)",
+                   "decay": "online mode: factor on the old Fisher per experience",
+                   "fisher_norm": "none | layers (divide a shared tensor's Fisher by its sharing layers)"}
 
     def __init__(self, **options):
         if "fisher_batches" in options:

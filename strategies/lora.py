@@ -27,6 +27,9 @@ class LoRA(AdapterStrategy):
     """peft LoRA; options r, alpha, dropout, targets, rslora (AdapterStrategy.defaults) and match."""
 
     defaults = {**AdapterStrategy.defaults, "match": None}
+    option_help = {**AdapterStrategy.option_help,
+                   "match": "share_a | share_b | share_ab: train at the rank whose count matches that ShareLoRA "
+                            "variant's at this r and targets (the confound control; docs/baselines.md)"}
 
     def validate(self) -> None:
         super().validate()

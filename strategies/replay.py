@@ -130,6 +130,8 @@ class Replay(CLStrategy):
     step, in (0, 1); null = the buffer simply joins the new data)."""
 
     defaults = {"mem_size": 200, "ratio": None}
+    option_help = {"mem_size": "examples kept from all past experiences together (split evenly)",
+                   "ratio": "fraction of every optimizer step drawn from memory; null: the buffer joins the data"}
 
     def validate(self) -> None:
         mem, ratio = self.options["mem_size"], self.options["ratio"]

@@ -24,6 +24,8 @@ SHARED_VARIANTS = ("share_a", "share_b", "share_ab")
 @register("sharelora", "adapter")
 class ShareLoRA(AdapterStrategy):
     defaults = {**AdapterStrategy.defaults, "variant": "share_a"}
+    option_help = {**AdapterStrategy.option_help,
+                   "variant": "share_a (one A per projection type) | share_b (one B) | share_ab (both)"}
 
     def validate(self) -> None:
         super().validate()

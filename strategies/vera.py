@@ -23,6 +23,10 @@ class VeRA(AdapterStrategy):
 
     defaults = {"r": 256, "dropout": 0.0, "targets": "all-linear", "d_initial": 0.1, "projection_prng_key": 0,
                 "save_projection": True}
+    option_help = {**AdapterStrategy.option_help, "r": "rank of the shared frozen random projections",
+                   "d_initial": "initial value of the trainable scaling vector d",
+                   "projection_prng_key": "seed of the frozen random A and B",
+                   "save_projection": "store A and B in the checkpoint (else regenerated from the key)"}
 
     def validate(self) -> None:
         super().validate()

@@ -127,3 +127,13 @@ def test_list_and_help_import_no_torch():
     done = cli(code=probe)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_every_builtin_option_has_help_text():
+    from clsharelora import registry
+
+    for kind in registry.KINDS:
+        for name in registry.known(kind):
+            cls = registry.get(name, kind)
+            missing = sorted(set(cls.defaults) - set(getattr(cls, "option_help", {})))
+            assert not missing, f"{kind} {name}: options without help: {missing}"

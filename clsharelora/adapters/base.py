@@ -26,6 +26,13 @@ class AdapterStrategy(Strategy):
     defaults: ClassVar[dict[str, Any]] = {
         "r": 8, "alpha": 16, "dropout": 0.05, "targets": "all-linear", "rslora": False,
     }
+    option_help: ClassVar[dict[str, str]] = {
+        "r": "rank of the low-rank update (positive integer)",
+        "alpha": "scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora)",
+        "dropout": "dropout on the adapter's input, in [0, 1)",
+        "targets": "adapted linear layers: all-linear | q,k,v,o,gate,up,down names | module suffixes | re:<regex>",
+        "rslora": "rank-stabilised scaling alpha / sqrt(r) (peft use_rslora)",
+    }
 
     def validate(self) -> None:
         o = self.options
