@@ -95,3 +95,26 @@ def test_training_data_counts_are_in_the_results(runs):
         for counts in data.values():
             assert counts["max_length"] == 256 and counts["kept"] + counts["dropped_too_long"] == counts["examples"] == 8
             assert 0 < counts["longest"] <= 256 and counts["target_tokens"] >= counts["kept"]
+
+
+def test_the_report_reads_what_training_really_wrote(runs, tmp_path):
+    """analysis on the output of a real training run, not on fixtures: every run loads, its matrices and
+    metrics equal results.json's, and the report, figures and tables are written."""
+    from clsharelora.analysis.report import main as report_main
+    from clsharelora.analysis.runs import load_runs
+
+    loaded = load_runs([runs])
+    assert sorted(r.label for r in loaded) == ["lora", "sharelora/share_a+replay"]
+    for run in loaded:
+        data = json.loads((run.path / "results.json").read_text())
+        assert not run.synthetic and run.complete
+        for score in ("accuracy", "nll"):
+            np.testing.assert_array_equal(run.matrices[score], np.array(data["matrices"][score]))
+            stored = data["metrics"][score]
+            for key, value in run.metrics(score).items():
+                if key != "avg_acc":
+                    assert (value is None or np.isnan(value)) if stored[key] is None else value == pytest.approx(stored[key])
+    assert report_main([str(runs), "--out", str(tmp_path / "rep"), "--title", "e2e"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "sharelora/share_a+replay" in md and "SYNTHETIC" not in md
+    assert len(list((tmp_path / "rep" / "figures").glob("*.png"))) >= 4
