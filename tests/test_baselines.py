@@ -26,10 +26,10 @@ STREAM = """\
 name: baselines
 experiences:
   - name: gsm8k
-    train: {benchmark: gsm8k, split: train, n: 8, max_steps: 3, max_length: 64}
+    train: {benchmark: gsm8k, split: train, n: 8, max_steps: 3, max_length: 256}
     eval: {task: gsm8k, n: 1, shots: 0, max_new_tokens: 2}
   - name: mmlu
-    train: {benchmark: mmlu, split: dev, n: 8, max_steps: 3, max_length: 64}
+    train: {benchmark: mmlu, split: dev, n: 8, max_steps: 3, max_length: 256}
     eval: {task: mmlu, n: 3, shots: 0}
 """
 # epochs instead of steps, sizes 8 and 4 with batch 2: the sequential run takes 4 + 2 = 6 steps, which is
@@ -38,10 +38,10 @@ JOINT_STREAM = """\
 name: joint
 experiences:
   - name: gsm8k
-    train: {benchmark: gsm8k, split: train, n: 8, epochs: 1, max_length: 64}
+    train: {benchmark: gsm8k, split: train, n: 8, epochs: 1, max_length: 256}
     eval: {task: gsm8k, n: 1, shots: 0, max_new_tokens: 2}
   - name: mmlu
-    train: {benchmark: mmlu, split: dev, n: 4, epochs: 1, max_length: 64}
+    train: {benchmark: mmlu, split: dev, n: 4, epochs: 1, max_length: 256}
     eval: {task: mmlu, n: 3, shots: 0}
 """
 
@@ -302,7 +302,7 @@ def test_joint_sees_every_item_once_in_proportion(streams, monkeypatch):
     monkeypatch.setattr(CausalLMTemplate, "_unpack_minibatch", spy)
     cfg = _config(streams / "joint.yaml", streams / "joint", "lora", "joint")
     run = _run(cfg)
-    bench = make_benchmark(load_stream(cfg.stream), models.load_tokenizer("tiny-llama"), max_length=64, seed=0)
+    bench, _ = make_benchmark(load_stream(cfg.stream), models.load_tokenizer("tiny-llama"), max_length=256, seed=0)
     owner = {tuple(item["input_ids"]): i for i, e in enumerate(bench.train_stream) for item in e.dataset}
     counts = [sum(owner[s] == i for s in seen) for i in range(2)]
     assert counts == [8, 4] and len(set(seen)) == 12

@@ -52,7 +52,7 @@ def test_gsm8k_train_prompt_is_the_authors_format(root):
 
 
 def test_bad_train_prompt_is_a_config_error(root):
-    with pytest.raises(ConfigError, match="train_prompt= must be one of plain, sharelora_cot8, got 'cot'"):
+    with pytest.raises(ConfigError, match="train_prompt= must be one of plain, gsm8k_cot, sharelora_cot8, got 'cot'"):
         load_benchmark("gsm8k", "train", root=root, source="files", train_prompt="cot")
 
 
@@ -84,5 +84,5 @@ def test_authors_dry_run(capsys, model, lora, share):
     assert code == 0
     assert f"trainable parameters:  {lora}  (closed form {lora}: OK)" in out
     assert f"trainable parameters:  {share}  (closed form {share}: OK)" in out
-    assert "1. gsm8k: train gsm8k/train (max_steps=3000)" in out and "2. code: train codealpaca/train" in out
+    assert "1. gsm8k: train gsm8k/train (max_steps=3000;" in out and "2. code: train codealpaca/train" in out
     assert not (PROJECT_ROOT / "runs" / "never-written").exists()

@@ -80,7 +80,8 @@ class Study:
     def config_for(self, cell: Cell, stream_path: Path, out: Path) -> dict[str, Any]:
         data = copy.deepcopy(self.base)
         data.update(adapter=dict(cell.strategy.adapter), cl=dict(cell.strategy.cl), seed=cell.seed,
-                    stream=str(stream_path), out=str(out), name=cell.key.replace("/", "-"))
+                    stream=str(stream_path), out=str(out),
+                    name=f"{label_dir(cell.strategy.label)}-seed{cell.seed}-order{cell.order}")
         return data
 
 

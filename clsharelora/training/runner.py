@@ -177,14 +177,14 @@ def _loading(what: str, name: str, load):
         raise ConfigError(f"model {name!r}: cannot load its {what} ({first})") from None
 
 
-def capped_sizes(stream: Stream, benchmark, evaluators, eval_n: int | None) -> list[dict]:
+def capped_sizes(stream: Stream, training_data, evaluators, eval_n: int | None) -> list[dict]:
     """Where a requested n exceeds the data (the loaders then use all items), which experience, what was
-    asked and what is used: said once on stderr and kept in results.json's run block."""
+    asked and what is used: said once on stderr and kept in results.json's run block. Training counts the
+    records drawn, before the length policy (whose drops are reported in `training_data`)."""
     out = []
-    for exp, experience, ev in zip(stream.experiences, benchmark.train_stream, evaluators):
-        if exp.train.n is not None and len(experience.dataset) < exp.train.n:
-            out.append({"experience": exp.name, "key": "train.n", "requested": exp.train.n,
-                        "used": len(experience.dataset)})
+    for exp, drawn, ev in zip(stream.experiences, training_data, evaluators):
+        if exp.train.n is not None and drawn.examples < exp.train.n:
+            out.append({"experience": exp.name, "key": "train.n", "requested": exp.train.n, "used": drawn.examples})
         asked = [n for n in (exp.eval_options.get("n"), eval_n) if n is not None]
         records = getattr(ev, "records", None)
         if asked and records is not None and len(records) < min(asked):
@@ -215,7 +215,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         if cfg.eval.n is not None:  # a run-level cap on top of the stream's subset sizes
             options["n"] = min(options.get("n") or cfg.eval.n, cfg.eval.n)
         evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
-    capped = capped_sizes(prep.stream, benchmark, evaluators, cfg.eval.n)
+    capped = capped_sizes(prep.stream, training_data, evaluators, cfg.eval.n)
     for c in capped if dist.is_main else ():
         print(f"note: experience {c['experience']!r}: {c['key']}={c['requested']} but the data hold "
               f"{c['used']} items; using {c['used']}", file=sys.stderr, flush=True)
