@@ -54,7 +54,7 @@ def _config(stream: Path, out: Path, adapter: str, cl: str, **sets) -> cfgmod.Ru
     name, _, variant = adapter.partition(":")
     data = {"model": "tiny-llama", "stream": str(stream), "out": str(out), "loggers": "",
             "adapter": {"name": name, "dropout": 0.1, **({"variant": variant} if variant else {})},
-            "cl": {"name": cl}, "train": {"batch_size": 2, "lr": 5e-3, "checkpoint_every": 1}}
+            "cl": {"name": cl}, "train": {"batch_size": 2, "global_batch": 2, "lr": 5e-3, "checkpoint_every": 1}}
     for key, value in sets.items():
         cfgmod.apply_override(data, f"{key.replace('__', '.')}={value}")
     return cfgmod.from_dict(data)
