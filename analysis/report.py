@@ -125,7 +125,9 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     page.para(DEFINITIONS)
 
     page.heading(2, "Runs")
-    runs_rows = [[r.name, r.stream, r.model, r.label, str(r.seed), r.status, str(r.path)] for r in runs]
+    runs_rows = [[r.name, r.stream, r.model, r.label, str(r.seed),
+                  r.status + (" — SYNTHETIC (test fixture, not a result)" if r.synthetic else ""), str(r.path)]
+                 for r in runs]
     page.table(["run", "stream", "model", "strategy", "seed", "status", "directory"], runs_rows)
     protocols = sorted({(task, proto) for r in runs for task, proto in r.protocols.items()})
     if protocols:  # "lm-eval:<task>": string-identical to that lm-eval task; "clsharelora:<name>": our own

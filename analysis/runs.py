@@ -93,7 +93,7 @@ class Run:
             status = "reference (joint training)" if self.complete else "reference, not trained yet"
         else:
             status = "complete" if self.complete else f"incomplete ({self.done}/{self.T} experiences)"
-        return status + (" — SYNTHETIC (test fixture, not a result)" if self.synthetic else "")
+        return status
 
     @property
     def label(self) -> str:
