@@ -5,7 +5,9 @@ its optimizer steps per experience. This is what CI checks of `make stream-llama
 
 from __future__ import annotations
 
+
 import os
+from pathlib import Path
 
 from . import models, registry
 from .benchmarks.stream import load_stream
@@ -142,6 +144,32 @@ def dry_run(config: RunConfig) -> str:
             steps = f"{examples} examples, {n_steps} steps"
         lines.append(f"  {i}. {e.name}: train {e.train.benchmark}/{e.train.split} ({budget or 'all'}; {steps}) "
                      f"-> eval {e.task} {e.eval_options}")
+    lines += length_policy_lines(stream, config)
     if trainable != expected:
         raise ConfigError("\n".join(lines) + "\ntrainable parameters differ from the closed form")
     return "\n".join(lines)
+
+
+def length_policy_lines(stream, config: RunConfig) -> list[str]:
+    """What the length policy would drop (docs/data.md), with the model's own tokenizer when it is on this
+    machine (embedded, tiny or a local path); a hub model's tokenizer is not fetched by a dry run."""
+    from .benchmarks.scenario import encode_records, length_counts, training_records
+    from .paths import data_root
+
+    spec = models.resolve(config.model)
+    if spec.source not in ("embedded", "random") and not Path(spec.source).exists():
+        return [f"training data (length policy): needs the tokenizer of {spec.source}, which a dry run does not "
+                f"download; `python -m clsharelora.benchmarks.lengths --stream {config.stream} --max-length "
+                f"{config.train.max_length} --tokenizer PATH` counts with a local copy"]
+    tokenizer = models.load_tokenizer(config.model)
+    out = [f"training data (length policy: examples longer than max_length are dropped whole, never cut):"]
+    for e in stream.experiences:
+        try:
+            records = training_records(e, seed=config.seed, data_root=data_root(config.data_root))
+        except UserError:
+            out.append(f"  {e.name}: data not found")
+            continue
+        counts = length_counts(encode_records(e, records, tokenizer, progress=False), experience=e.name,
+                               max_length=e.train.max_length or config.train.max_length)
+        out.append(f"  {counts.summary()}")
+    return out

@@ -48,3 +48,24 @@ def test_activation_estimate_is_korthikanti_formula():
     c = configs.llama2_7b()
     s, b, h, a, L = 1024, 4, c.hidden_size, c.num_attention_heads, c.num_hidden_layers
     assert activation_bytes(c, batch=b, seq=s) == int(L * s * b * h * (34 + 5 * a * s / h))
+
+
+def test_dry_run_shows_what_the_length_policy_drops(capsys, tmp_path):
+    """With a tokenizer on this machine the dry run counts the drops a run would make (the same counts as
+    results.json `training_data`); with a hub model it says how to get them instead of downloading."""
+    from clsharelora.benchmarks.scenario import encode_records, length_counts, training_records
+    from clsharelora.benchmarks.stream import load_stream
+    from clsharelora.models import load_tokenizer
+
+    stream = tmp_path / "s.yaml"
+    stream.write_text("name: s\nexperiences:\n  - name: gsm8k\n    train: {benchmark: gsm8k, split: train, n: 40, "
+                      "max_length: 160}\n    eval: {task: gsm8k, n: 2}\n")
+    assert main(["run", "--stream", str(stream), "--model", "tiny-llama", "--strategy", "lora", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    spec = load_stream(stream).experiences[0]
+    expected = length_counts(encode_records(spec, training_records(spec, seed=0), load_tokenizer("tiny-llama"),
+                                            progress=False), experience="gsm8k", max_length=160)
+    assert 0 < expected.dropped_too_long < 40
+    assert f"  {expected.summary()}" in out
+    assert main(["run", "--config", str(PROJECT_ROOT / "configs" / "llama2-7b.yaml"), "--dry-run"]) == 0
+    assert "needs the tokenizer of meta-llama/Llama-2-7b-hf, which a dry run does not download" in capsys.readouterr().out
