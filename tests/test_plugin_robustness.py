@@ -132,8 +132,11 @@ def test_list_and_help_import_no_torch():
 def test_every_builtin_option_has_help_text():
     from clsharelora import registry
 
+    builtin = (PROJECT_ROOT / "strategies").resolve()
     for kind in registry.KINDS:
         for name in registry.known(kind):
             cls = registry.get(name, kind)
+            if not registry._source(cls).startswith(str(builtin)):  # another test's plug-in example
+                continue
             missing = sorted(set(cls.defaults) - set(getattr(cls, "option_help", {})))
             assert not missing, f"{kind} {name}: options without help: {missing}"
