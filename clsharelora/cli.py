@@ -143,9 +143,10 @@ def _cmd_run(args) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     if args.dry_run:
-        from .dry_run import dry_run
+        from .dry_run import dry_run, length_policy_lines
 
         print(dry_run(config))
+        print("\n".join(length_policy_lines(config)))
         return 0
     from .training.runner import run
 
@@ -172,10 +173,11 @@ def _cmd_compare(args) -> int:
         configs.append(_config_from_args(args, adapter=adapter, variant=variant, cl=cl or args.cl,
                                          out=str(Path(args.out) / label), name=label))
     if args.dry_run:
-        from .dry_run import dry_run
+        from .dry_run import dry_run, length_policy_lines
 
         for config in configs:
             print(dry_run(config))
+        print("\n".join(length_policy_lines(configs[0])))   # the same data and tokenizer for every strategy
         return 0
     from .training.rundir import holds_run
     from .training.runner import prepare, run

@@ -144,15 +144,16 @@ def dry_run(config: RunConfig) -> str:
             steps = f"{examples} examples, {n_steps} steps"
         lines.append(f"  {i}. {e.name}: train {e.train.benchmark}/{e.train.split} ({budget or 'all'}; {steps}) "
                      f"-> eval {e.task} {e.eval_options}")
-    lines += length_policy_lines(stream, config)
     if trainable != expected:
         raise ConfigError("\n".join(lines) + "\ntrainable parameters differ from the closed form")
     return "\n".join(lines)
 
 
-def length_policy_lines(stream, config: RunConfig) -> list[str]:
+def length_policy_lines(config: RunConfig) -> list[str]:
     """What the length policy would drop (docs/data.md), with the model's own tokenizer when it is on this
-    machine (embedded, tiny or a local path); a hub model's tokenizer is not fetched by a dry run."""
+    machine (embedded, tiny or a local path); a hub model's tokenizer is not fetched by a dry run. Kept apart
+    from `dry_run` (the model plan, all on the meta device): this reads data and tokenises."""
+    stream = load_stream(config.stream)
     from .benchmarks.scenario import encode_records, length_counts, training_records
     from .paths import data_root
 
