@@ -118,3 +118,23 @@ def test_the_report_reads_what_training_really_wrote(runs, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "sharelora/share_a+replay" in md and "SYNTHETIC" not in md
     assert len(list((tmp_path / "rep" / "figures").glob("*.png"))) >= 4
+
+
+def test_every_row_has_its_items_and_standard_errors(runs):
+    from clsharelora.evaluation.items import ratio_se
+    from clsharelora.training.results import read_items
+
+    run = runs / "lora"
+    results = json.loads((run / "results.json").read_text())
+    assert sorted(p.name for p in (run / "items").iterdir()) == ["row_0.npz", "row_1.npz", "row_2.npz"]
+    for i, row in enumerate(results["scores"]):
+        items = read_items(run, i)
+        for cell in row:
+            got = items[cell["task"]]
+            assert len(got["id"]) == cell["n"] == len(got["correct"])
+            assert cell["accuracy"] == pytest.approx(got["correct"].mean())
+            assert cell["nll"] == pytest.approx(got["nll_sum"].sum() / got["nll_tokens"].sum())
+            assert cell["accuracy_se"] == pytest.approx(np.sqrt(cell["accuracy"] * (1 - cell["accuracy"]) / cell["n"]))
+            assert cell["nll_se"] == pytest.approx(ratio_se(got["nll_sum"], got["nll_tokens"]))
+    # the same items at every row, so rows can be compared item by item
+    assert all((read_items(run, i)["mmlu"]["id"] == read_items(run, 0)["mmlu"]["id"]).all() for i in (1, 2))

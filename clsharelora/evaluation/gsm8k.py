@@ -17,6 +17,8 @@ Both report flexible-extract (the last number-like span) in `extra` and compare 
 normalisation (commas, "$", a trailing "." removed). The NLL is the reference answer in the protocol's own
 shape given its zero-shot prompt: "Q: ..\\nA:" + " .. The answer is N." for gsm8k_cot (the gsm8k loader's
 train_prompt="gsm8k_cot", what the streams train on), "Question: ..\\nAnswer:" + " .. #### N" for seeded.
+With `generate: false` only that NLL is scored (no generation; accuracy is None): for machines where
+generation is too slow to score enough items (the CPU study, docs/results/cpu-study.md).
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+import numpy as np
+
 from ..data.records import Record
 from ..errors import ConfigError
 from ..prompts import context_for, gsm8k_cot_exemplars, prompt_for, random_shots, target_for
 from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
-from .nll import answer_nll
+from .items import Items
+from .nll import target_nlls
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,10 @@ class GSM8KEvaluator(Evaluator):
         max_new_tokens: int = MAX_NEW_TOKENS, split: str = "test", autocast: bool = AUTOCAST_DEFAULT,
         keep_calc: bool = False, protocol: str = DEFAULT_PROTOCOL, stop: Sequence[str] | None = None,
         records: Sequence[Record] | None = None, shot_pool: Sequence[Record] | None = None,
+        generate: bool = True,
     ):
+        if not isinstance(generate, bool):
+            raise ConfigError(f"gsm8k: generate must be true or false, got {generate!r}")
         if protocol not in PROTOCOLS:
             raise ConfigError(f"gsm8k: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if max_new_tokens < 1:
@@ -130,6 +138,7 @@ class GSM8KEvaluator(Evaluator):
                 shot_pool = load_benchmark("gsm8k", "train", root=data_root, **kw)
             self.shots = random_shots(shot_pool or (), shots, seed=seed, exclude=(r.id for r in self.records))
         self.batch_size, self.max_new_tokens, self.autocast = batch_size, max_new_tokens, autocast
+        self.with_generation = generate
         self.stop = self.protocol.stop if stop is None else tuple(stop)
         self.label = self.protocol.label + ("" if self.stop == self.protocol.stop else "+custom_stop")
         if max_new_tokens != MAX_NEW_TOKENS:
@@ -142,23 +151,36 @@ class GSM8KEvaluator(Evaluator):
         self.nll_pairs = [(prompt_for(r), target_for(r)) for r in marked]
         self.last_outputs: list[dict] = []
 
-    def evaluate(self, model, tokenizer, *, progress: bool = True) -> TaskScore:
+    def score_items(self, model, tokenizer, indices: Sequence[int], *, progress: bool = True) -> Items:
+        indices = list(indices)
         label = (lambda what: f"{self.task} {what}") if progress else (lambda what: None)
+        records = [self.records[i] for i in indices]
         with eval_context(model, autocast=self.autocast):
-            completions = generate(model, tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
-                                   stop=self.stop, batch_size=self.batch_size, progress=label("generate"),
-                                   contexts=self.contexts, skip_special_tokens=self.protocol.skip_special_tokens)
-            nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size, progress=label("nll"))
+            if self.with_generation and indices:
+                completions = generate(model, tokenizer, [self.prompts[i] for i in indices],
+                                       max_new_tokens=self.max_new_tokens, stop=self.stop,
+                                       batch_size=self.batch_size, progress=label("generate"),
+                                       contexts=[self.contexts[i] for i in indices],
+                                       skip_special_tokens=self.protocol.skip_special_tokens)
+            nll = target_nlls(model, tokenizer, [self.nll_pairs[i] for i in indices], batch_size=self.batch_size,
+                              progress=label("nll")) if indices else []
+        items: Items = {"nll_sum": np.array([s for s, _ in nll], dtype=float),
+                        "nll_tokens": np.array([c for _, c in nll], dtype=np.int64)}
+        if not self.with_generation or not indices:  # (an empty shard's fields are never merged)
+            self.last_outputs = []
+            return items
         strict = [extract_strict(c, self.protocol.strict) for c in completions]
         flexible = [extract_flexible(c) for c in completions]
-        strict_ok = [is_correct(s, r.answer) for s, r in zip(strict, self.records)]
-        flexible_ok = [is_correct(f, r.answer) for f, r in zip(flexible, self.records)]
+        items["correct"] = np.array([is_correct(s, r.answer) for s, r in zip(strict, records)], dtype=float)
+        items["flexible"] = np.array([is_correct(f, r.answer) for f, r in zip(flexible, records)], dtype=float)
         self.last_outputs = [
             {"id": r.id, "completion": c, "strict": s, "flexible": f, "gold": r.answer}
-            for r, c, s, f in zip(self.records, completions, strict, flexible)
+            for r, c, s, f in zip(records, completions, strict, flexible)
         ]
-        n = len(self.records)
-        return TaskScore(
-            task=self.task, accuracy=sum(strict_ok) / n, nll=nll, n=n,
-            extra={"flexible_accuracy": sum(flexible_ok) / n}, protocol=self.label,
-        )
+        return items
+
+    def summarize(self, items: Items) -> TaskScore:
+        if not self.with_generation:
+            return self._score(items, None, {})
+        return self._score(items, float(np.mean(items["correct"])),
+                           {"flexible_accuracy": float(np.mean(items["flexible"]))})

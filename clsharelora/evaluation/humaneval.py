@@ -5,6 +5,7 @@ the completion is cut at the first top-level `\\ndef`, `\\nclass`, `\\nif`, `\\n
 program `prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"` runs in the sandbox
 (clsharelora.evaluation.sandbox) and passes when it ends without error. With `samples` > 1 sampled
 completions per problem the unbiased pass@k estimator is reported for k in (1, 10, 100), k <= samples.
+With `generate: false` only the NLL of the canonical solution is scored (accuracy None; see gsm8k.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import inspect
 import math
 from typing import Sequence
 
+import numpy as np
+
 from ..data.records import Record
 from ..errors import ConfigError, DataError
 from . import generation
 from .base import Evaluator, TaskScore
-from .nll import answer_nll
+from .items import Items
+from .nll import target_nlls
 from .passk import pass_at_k
 from .sandbox import run_many
 
@@ -57,8 +61,11 @@ class HumanEvalEvaluator(Evaluator):
         self, *, data_root=None, n: int | None = None, seed: int = 0, batch_size: int = 8,
         max_new_tokens: int = 384, samples: int = 1, temperature: float = 0.0, timeout: float = 10.0,
         workers: int | None = None, autocast: bool = generation.AUTOCAST_DEFAULT,
-        records: Sequence[Record] | None = None,
+        records: Sequence[Record] | None = None, generate: bool = True,
     ):
+        if not isinstance(generate, bool):
+            raise ConfigError(f"humaneval: generate must be true or false, got {generate!r}")
+        self.with_generation = generate
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.samples = _positive_int("samples", samples)
@@ -97,21 +104,28 @@ class HumanEvalEvaluator(Evaluator):
         self.last_outputs: list[dict] = []
         self.last_isolation = ""
 
-    def _completions(self, model, tokenizer, label) -> list[list[str]]:
-        """`samples` completions per problem (greedy, or seeded sampling at `temperature`)."""
-        prompts = [prompt for prompt, _, _ in self.problems for _ in range(self.samples)]
+    def item_costs(self) -> list[float]:
+        return [float(len(prompt)) for prompt, _, _ in self.problems]
+
+    def _completions(self, model, tokenizer, label, indices: Sequence[int]) -> list[list[str]]:
+        """`samples` completions per problem of `indices` (greedy, or seeded sampling at `temperature`)."""
+        prompts = [self.problems[i][0] for i in indices for _ in range(self.samples)]
         kw = {"temperature": self.temperature, "seed": self.seed} if self.temperature > 0 else {}
         flat = generation.generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, stop=STOP,
                                    batch_size=self.batch_size, progress=label("generate"), **kw)
         s = self.samples
-        return [flat[i * s : (i + 1) * s] for i in range(len(self.problems))]
+        return [flat[i * s : (i + 1) * s] for i in range(len(indices))]
 
-    def score_completions(self, completions: Sequence[Sequence[str]], *, progress=None) -> tuple[dict, list[dict]]:
-        """Run every completion against its problem's tests: ({"pass@k": ..., ...}, per-problem details).
-        Split from `evaluate` so the scoring can be checked without a model."""
-        if len(completions) != len(self.problems) or any(len(c) != self.samples for c in completions):
-            raise ConfigError(f"humaneval: need {self.samples} completion(s) for each of {len(self.problems)} problems")
-        programs = [check_program(prompt, c, test, entry) for (prompt, test, entry), cs in zip(self.problems, completions)
+    def score_completions(self, completions: Sequence[Sequence[str]], *, progress=None,
+                          indices: Sequence[int] | None = None) -> tuple[dict, list[dict]]:
+        """Run every completion against its problem's tests (problems `indices`, default all):
+        ({"pass@k": ..., ...}, per-problem details). Split from `evaluate` so the scoring can be checked
+        without a model."""
+        indices = range(len(self.problems)) if indices is None else list(indices)
+        if len(completions) != len(indices) or any(len(c) != self.samples for c in completions):
+            raise ConfigError(f"humaneval: need {self.samples} completion(s) for each of {len(indices)} problems")
+        problems = [self.problems[i] for i in indices]
+        programs = [check_program(prompt, c, test, entry) for (prompt, test, entry), cs in zip(problems, completions)
                     for c in cs]
         results = run_many(programs, workers=self.workers, timeout=self.timeout, progress=progress)
         broken = [r for r in results if r.status == "error"]
@@ -119,20 +133,42 @@ class HumanEvalEvaluator(Evaluator):
             raise RuntimeError(f"humaneval: the sandbox could not run {len(broken)} program(s): {broken[0].reason}")
         s = self.samples
         details, correct = [], []
-        for i, (record, cs) in enumerate(zip(self.records, completions)):
+        for i, (index, cs) in enumerate(zip(indices, completions)):
             res = results[i * s : (i + 1) * s]
             correct.append(sum(r.passed for r in res))
-            details.append({"id": record.id, "completions": list(cs), "status": [r.status for r in res],
-                            "reason": [r.reason for r in res], "passed": correct[-1]})
-        scores = {f"pass@{k}": sum(pass_at_k(s, c, k) for c in correct) / len(correct) for k in self.ks}
-        scores["timeout_rate"] = sum(r.status == "timeout" for r in results) / len(results)
+            details.append({"id": self.records[index].id, "completions": list(cs), "status": [r.status for r in res],
+                            "reason": [r.reason for r in res], "passed": correct[-1],
+                            "timeouts": sum(r.status == "timeout" for r in res)})
+        scores = {f"pass@{k}": sum(pass_at_k(s, c, k) for c in correct) / len(correct) for k in self.ks} \
+            if correct else {}
+        scores["timeout_rate"] = sum(r.status == "timeout" for r in results) / len(results) if results else 0.0
         self.last_isolation = results[0].isolation if results else ""
         return scores, details
 
-    def evaluate(self, model, tokenizer, *, progress: bool = True) -> TaskScore:
+    def score_items(self, model, tokenizer, indices: Sequence[int], *, progress: bool = True) -> Items:
+        indices = list(indices)
         label = (lambda what: f"{self.task} {what}") if progress else (lambda what: None)
         with generation.eval_context(model, autocast=self.autocast):
-            completions = self._completions(model, tokenizer, label)
-            nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size, progress=label("nll"))
-        scores, self.last_outputs = self.score_completions(completions)
-        return TaskScore(task=self.task, accuracy=scores["pass@1"], nll=nll, n=len(self.records), extra=scores)
+            if self.with_generation and indices:
+                completions = self._completions(model, tokenizer, label, indices)
+            nll = target_nlls(model, tokenizer, [self.nll_pairs[i] for i in indices], batch_size=self.batch_size,
+                              progress=label("nll")) if indices else []
+        items: Items = {"nll_sum": np.array([s for s, _ in nll], dtype=float),
+                        "nll_tokens": np.array([c for _, c in nll], dtype=np.int64)}
+        if not self.with_generation or not indices:  # (an empty shard's fields are never merged)
+            self.last_outputs = []
+            return items
+        _, self.last_outputs = self.score_completions(completions, indices=indices)
+        passed = np.array([d["passed"] for d in self.last_outputs], dtype=np.int64)
+        items["correct"] = np.array([pass_at_k(self.samples, int(c), 1) for c in passed], dtype=float)
+        items["passed"] = passed
+        items["timeouts"] = np.array([d["timeouts"] for d in self.last_outputs], dtype=np.int64)
+        return items
+
+    def summarize(self, items: Items) -> TaskScore:
+        if not self.with_generation:
+            return self._score(items, None, {})
+        passed = [int(c) for c in items["passed"]]
+        scores = {f"pass@{k}": sum(pass_at_k(self.samples, c, k) for c in passed) / len(passed) for k in self.ks}
+        scores["timeout_rate"] = float(items["timeouts"].sum()) / (len(passed) * self.samples)
+        return self._score(items, scores["pass@1"], scores)

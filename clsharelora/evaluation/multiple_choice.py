@@ -23,6 +23,7 @@ import re
 from collections import defaultdict
 from typing import ClassVar, Sequence
 
+import numpy as np
 import torch
 
 from ..data.records import Record
@@ -30,7 +31,8 @@ from ..errors import ConfigError
 from ..prompts import LETTERS, context_for, first_shots, prompt_for, target_for
 from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
-from .nll import answer_nll, encode_pair, letter_logprobs, letter_token_ids
+from .items import Items
+from .nll import encode_pair, letter_logprobs, letter_token_ids, target_nlls
 
 COT_STOP = ("Question:",)       # lm-eval mmlu_pro's `until` (its HF backend adds EOS; generate() stops there)
 COT_MAX_NEW_TOKENS = 2048       # lm-eval mmlu_pro's max_gen_toks
@@ -127,63 +129,75 @@ class MultipleChoiceEvaluator(Evaluator):
         pool = [s for s in pool if s.id != record.id]  # never show the item itself as its own exemplar
         return first_shots(pool, k, subject=record.subject, fallback=self.shot_fallback)
 
-    def _letter_predictions(self, model, tokenizer, label) -> list[str | None]:
-        self._logprobs = letter_logprobs(model, tokenizer, self.prompts, self.letters, batch_size=self.batch_size,
-                                         progress=label("letters"), contexts=self.contexts)
-        return predict_letters(self._logprobs, [len(r.choices) for r in self.records])
-
-    def _nll_is_gold_letter_logprob(self, tokenizer) -> bool:
+    def _nll_is_gold_letter_logprob(self, tokenizer, indices: Sequence[int]) -> bool:
         """The NLL reference of every item is its one gold-letter token right after the zero-shot prompt, so
         -log p(gold) from the letter forward on that prompt is the NLL and a separate pass is waste."""
-        for prompt, target in self.nll_pairs:
+        for i in indices:
+            prompt, target = self.nll_pairs[i]
             ids, count = encode_pair(tokenizer, prompt, target)
             gold = letter_token_ids(tokenizer, prompt, [target])[0]
             if count != 1 or ids[-1] != gold:
                 return False
         return True
 
-    def _zero_shot_logprobs(self, model, tokenizer, label) -> torch.Tensor:
-        """Letter log-probs on the NLL's zero-shot prompts (reused from scoring when those are the prompts)."""
-        zero_shot = [prompt for prompt, _ in self.nll_pairs]
-        if self.mode == "letter" and zero_shot == self.prompts:
-            return self._logprobs
-        return letter_logprobs(model, tokenizer, zero_shot, self.letters, batch_size=self.batch_size,
-                               progress=label("nll letters"))
-
-    def _cot_predictions(self, model, tokenizer, label) -> list[str | None]:
-        completions = generate(model, tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
+    def _cot_predictions(self, model, tokenizer, label, indices: list[int]) -> list[str | None]:
+        completions = generate(model, tokenizer, [self.prompts[i] for i in indices], max_new_tokens=self.max_new_tokens,
                                stop=self.stop, batch_size=self.batch_size, progress=label("generate"),
-                               contexts=self.contexts, skip_special_tokens=True)
-        self.last_outputs = [{"id": r.id, "completion": c} for r, c in zip(self.records, completions)]
+                               contexts=[self.contexts[i] for i in indices], skip_special_tokens=True)
+        self.last_outputs = [{"id": self.records[i].id, "completion": c} for i, c in zip(indices, completions)]
         return [extract_cot_letter(c) for c in completions]
 
-    def evaluate(self, model, tokenizer, *, progress: bool = True) -> TaskScore:
+    def score_items(self, model, tokenizer, indices: Sequence[int], *, progress: bool = True) -> Items:
+        indices = list(indices)
+        if not indices:
+            return {"nll_sum": np.zeros(0), "nll_tokens": np.zeros(0, dtype=np.int64)}
         label = (lambda what: f"{self.task} {what}") if progress else (lambda what: None)
+        records = [self.records[i] for i in indices]
+        n_options = [len(r.choices) for r in records]
+        zero_shot_prompts = [self.nll_pairs[i][0] for i in indices]
         with eval_context(model, autocast=self.autocast):
+            logprobs = None
             if self.mode == "cot":
-                preds = self._cot_predictions(model, tokenizer, label)
+                preds = self._cot_predictions(model, tokenizer, label, indices)
             else:
-                preds = self._letter_predictions(model, tokenizer, label)
-            zero_shot = self._zero_shot_logprobs(model, tokenizer, label)
-            if self._nll_is_gold_letter_logprob(tokenizer):
-                gold = torch.tensor([LETTERS.index(r.answer) for r in self.records])
-                nll = float(-zero_shot.double().gather(1, gold[:, None]).mean())
+                logprobs = letter_logprobs(model, tokenizer, [self.prompts[i] for i in indices], self.letters,
+                                           batch_size=self.batch_size, progress=label("letters"),
+                                           contexts=[self.contexts[i] for i in indices])
+                preds = predict_letters(logprobs, n_options)
+            # letter log-probs on the NLL's zero-shot prompts (reused when those are the scoring prompts)
+            if logprobs is not None and zero_shot_prompts == [self.prompts[i] for i in indices]:
+                zero_shot = logprobs
             else:
-                nll = answer_nll(model, tokenizer, self.nll_pairs, batch_size=self.batch_size,
-                                 progress=label("nll"))
-        n_options = [len(r.choices) for r in self.records]
-        nll_norm = option_normalised_nll(zero_shot, n_options, [r.answer for r in self.records])
-        correct = [p == r.answer for p, r in zip(preds, self.records)]
-        micro, macro = micro_macro(correct, [r.subject for r in self.records])
+                zero_shot = letter_logprobs(model, tokenizer, zero_shot_prompts, self.letters,
+                                            batch_size=self.batch_size, progress=label("nll letters"))
+            if self._nll_is_gold_letter_logprob(tokenizer, indices):
+                gold = torch.tensor([LETTERS.index(r.answer) for r in records])
+                nll_sum = (-zero_shot.double().gather(1, gold[:, None]))[:, 0].numpy()
+                nll_tokens = np.ones(len(indices), dtype=np.int64)
+            else:
+                nll = target_nlls(model, tokenizer, [self.nll_pairs[i] for i in indices],
+                                  batch_size=self.batch_size, progress=label("nll"))
+                nll_sum = np.array([s for s, _ in nll], dtype=float)
+                nll_tokens = np.array([c for _, c in nll], dtype=np.int64)
         if self.mode == "letter":
-            self.last_outputs = [{"id": r.id} for r in self.records]
-        for out, p, r in zip(self.last_outputs, preds, self.records):
+            self.last_outputs = [{"id": r.id} for r in records]
+        for out, p, r in zip(self.last_outputs, preds, records):
             out.update(pred=p, gold=r.answer)
-        extra = {"macro_accuracy": macro, "nll_norm": sum(nll_norm) / len(nll_norm)}
+        items: Items = {
+            "nll_sum": nll_sum, "nll_tokens": nll_tokens,
+            "correct": np.array([p == r.answer for p, r in zip(preds, records)], dtype=float),
+            "nll_norm": np.array(option_normalised_nll(zero_shot, n_options, [r.answer for r in records])),
+        }
         if self.mode == "cot":
-            extra["no_answer_rate"] = sum(p is None for p in preds) / len(preds)
-        return TaskScore(task=self.task, accuracy=micro, nll=nll, n=len(self.records), extra=extra,
-                         protocol=self.label)
+            items["no_answer"] = np.array([p is None for p in preds], dtype=float)
+        return items
+
+    def summarize(self, items: Items) -> TaskScore:
+        micro, macro = micro_macro(list(items["correct"] == 1.0), [r.subject for r in self.records])
+        extra = {"macro_accuracy": macro, "nll_norm": float(np.mean(items["nll_norm"]))}
+        if self.mode == "cot":
+            extra["no_answer_rate"] = float(np.mean(items["no_answer"]))
+        return self._score(items, micro, extra)
 
 
 class MMLUEvaluator(MultipleChoiceEvaluator):

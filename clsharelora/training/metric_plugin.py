@@ -35,6 +35,8 @@ class ContinualMetrics(PluginMetric[dict]):
         values = []
         for cell in self.store.rows[-1]:
             for score in SCORES:
+                if cell.get(score) is None:   # a task scored without generation has no accuracy
+                    continue
                 values.append(MetricValue(self, f"{score.capitalize()}/Task/{cell['task']}", float(cell[score]), x))
         for score, metrics in self.store.metrics().items():
             for name in ("acc", "bwt", "fwt", "forgetting", "plasticity"):

@@ -3,10 +3,13 @@
 This module owns the results.json schema (docs/results-format.md): training writes through `ResultsStore`,
 and so do the test fixtures (`clsharelora.analysis.fake_runs`, whose runs say `"synthetic": true`).
 Rows are only ever appended: a resumed run reloads the rows already written and never rewrites them.
+The per-item results behind each row go to items/row_<i>.npz (`write_items` / `read_items`), written
+before the row enters results.json, so every row a reader sees has its items on disk.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -48,8 +51,9 @@ class ResultsStore:
         self.rows.append([dict(s) for s in scores])
 
     def scores(self) -> list[str]:
-        """The scores every cell carries (accuracy always; nll when the evaluators report it)."""
-        return [s for s in SCORES if self.rows and all(s in cell for row in self.rows for cell in row)]
+        """The scores every cell carries: nll always, accuracy unless a task was scored without generation
+        (its accuracy is null; the other tasks' accuracies stay in `scores`)."""
+        return [s for s in SCORES if self.rows and all(cell.get(s) is not None for row in self.rows for cell in row)]
 
     def matrix(self, score: str) -> np.ndarray:
         return np.array([[float(cell[score]) for cell in row] for row in self.rows], dtype=float)
@@ -98,6 +102,44 @@ class ResultsStore:
             return cls.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"{path}: cannot read results ({exc})") from None
+
+
+ITEMS_DIR = "items"
+
+
+def items_path(run_dir: str | Path, row: int) -> Path:
+    return Path(run_dir) / ITEMS_DIR / f"row_{row}.npz"
+
+
+def write_items(run_dir: str | Path, row: int, items: dict[str, dict[str, np.ndarray]],
+                ids: dict[str, list[str]]) -> Path:
+    """Write row `row`'s per-item results, {task: {field: array}} plus each task's item ids, atomically to
+    items/row_<row>.npz (keys "<task>.<field>", "<task>.id")."""
+    arrays = {}
+    for task, fields in items.items():
+        arrays[f"{task}.id"] = np.asarray([str(i) for i in ids[task]], dtype=str)
+        for key, value in fields.items():
+            arrays[f"{task}.{key}"] = np.asarray(value)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    path = items_path(run_dir, row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_items(run_dir: str | Path, row: int) -> dict[str, dict[str, np.ndarray]]:
+    """{task: {field: array, "id": item ids}} of row `row`; {} when the run stored no items for it (runs
+    written before items existed)."""
+    path = items_path(run_dir, row)
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            task, _, field = key.rpartition(".")
+            out.setdefault(task, {})[field] = data[key]
+    return out
 
 
 def _jsonable(obj):

@@ -375,7 +375,7 @@ def claim(run_dir: Path, config: RunConfig, ident: dict, stream: Stream, *, resu
             run_dir.mkdir(parents=True, exist_ok=True)
             lock = RunLock(run_dir).acquire()
             continuing = check_existing(run_dir, config, ident, resume=resume, name_given=name_given)
-            for folder in (run_dir, run_dir / "checkpoints", run_dir / "adapters"):
+            for folder in (run_dir, run_dir / "checkpoints", run_dir / "adapters", run_dir / "items"):
                 cleaned += [f"{folder.name}/{name}" for name in atomic.recover(folder)]
             if cleaned:
                 print(f"note: removed {len(cleaned)} leftover(s) of interrupted writes in {run_dir}: "

@@ -1,7 +1,10 @@
 """ScoringPlugin: after every experience (and once before the first), score every task of the stream.
 
-Each score appends one row to the R matrices, the adapter of that experience is saved, and results.json
-is rewritten atomically. With several processes the tasks are split across ranks and gathered.
+Each score appends one row to the R matrices, its per-item results go to items/row_<i>.npz, the adapter of
+that experience is saved, and results.json is rewritten atomically. With several processes every task's
+items are split across the ranks (balanced by prompt length, `evaluation.items.shard_indices`), and the
+per-item results gathered on every rank, so a task's score is computed from exactly the items one process
+would score, whatever the number of ranks.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from avalanche.core import SupervisedPlugin
 
 from .. import atomic
 from ..evaluation.base import Evaluator
+from ..evaluation.items import merge_shards, shard_indices
 from .distributed import Dist
-from .results import ResultsStore
+from .results import ResultsStore, write_items
 
 
 class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
@@ -31,30 +35,33 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
         self.progress = progress
         self.eval_time_s = float(store.cost.get("eval_time_s", 0.0))
 
-    def score(self, model) -> list[dict]:
-        """Every task's TaskScore dict, in stream order; task i is computed on rank i % world_size."""
+    def score(self, model) -> tuple[list[dict], dict[str, dict]]:
+        """Every task's TaskScore dict in stream order, and {task: per-item results}; each task's items
+        are split over the ranks and gathered."""
         start = time.perf_counter()
         was_training = model.training
         model.eval()
-        mine = {}
+        row, items = [], {}
         try:
-            for i, evaluator in enumerate(self.evaluators):
-                if i % self.dist.world_size == self.dist.rank:
-                    mine[i] = evaluator.evaluate(model, self.tokenizer, progress=self.progress).as_dict()
+            for evaluator in self.evaluators:
+                n = len(evaluator.records)
+                mine = shard_indices(evaluator.item_costs(), self.dist.world_size)[self.dist.rank]
+                part = evaluator.score_items(model, self.tokenizer, mine, progress=self.progress)
+                merged = merge_shards(self.dist.gather_objects((mine, part)), n)
+                score = evaluator.summarize(merged)
+                row.append(score.as_dict())
+                items[evaluator.task] = score.items
         finally:
             model.train(was_training)
-        merged = {}
-        for part in self.dist.gather_objects(mine):
-            merged.update(part)
         self.eval_time_s += time.perf_counter() - start
-        return [merged[i] for i in range(len(self.evaluators))]
+        return row, items
 
     def before_training_exp(self, strategy, **kwargs):
         if not self.store.rows:
-            self._record(strategy, self.score(strategy.model))
+            self._record(strategy, *self.score(strategy.model))
 
     def after_training_exp(self, strategy, **kwargs):
-        self._record(strategy, self.score(strategy.model))
+        self._record(strategy, *self.score(strategy.model))
         if self.dist.is_main:
             with atomic.directory(self.run_dir / "adapters" / f"exp_{self.store.done}") as tmp:
                 self.adapter.save(strategy.model, tmp)
@@ -63,7 +70,10 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
                         plugin.save_adapters(strategy.model, tmp)
         self.dist.barrier()
 
-    def _record(self, strategy, row: list[dict]) -> None:
+    def _record(self, strategy, row: list[dict], items: dict[str, dict]) -> None:
+        if self.dist.is_main:  # the items first: a row in results.json always has its items on disk
+            ids = {e.task: [r.id for r in e.records] for e in self.evaluators}
+            write_items(self.run_dir, len(self.store.rows), items, ids)
         self.store.add_row(row)
         self.store.cost["eval_time_s"] = round(self.eval_time_s, 3)
         if self.dist.is_main:
