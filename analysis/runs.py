@@ -22,7 +22,8 @@ from clsharelora.errors import DataError
 
 RESULTS = "results.json"
 SCHEMA = 1
-#: score name -> higher is better. `accuracy` is required; `nll` (nats/token) is shown when present.
+#: score name -> higher is better. A run has at least one; `accuracy` is absent when a task was scored
+#: without generation (NLL only), `nll` (nats/token) in runs whose evaluators did not report it.
 SCORES: dict[str, bool] = {"accuracy": True, "nll": False}
 COST_FIELDS = (
     "trainable_params",
@@ -69,7 +70,7 @@ class Run:
     @property
     def done(self) -> int:
         """Experiences completed (k); -1 for a run with no scores yet (not even row 0)."""
-        return self.matrices["accuracy"].shape[0] - 1
+        return next(iter(self.matrices.values())).shape[0] - 1
 
     @property
     def started(self) -> bool:
@@ -207,13 +208,13 @@ def load_run(path: str | Path) -> Run:
     T = len(tasks)
 
     raw = _need(data, "matrices", dict, "", file)
-    if "accuracy" not in raw:
-        raise DataError(f"{file}: missing field 'matrices.accuracy'")
+    if not any(s in raw for s in SCORES):
+        raise DataError(f"{file}: field 'matrices' holds none of {', '.join(SCORES)}")
     mats = {s: _matrix(raw[s], T, f"matrices.{s}", file) for s in SCORES if s in raw}
     rows = {s: m.shape[0] for s, m in mats.items()}
     if len(set(rows.values())) != 1:
         raise DataError(f"{file}: field 'matrices' has different row counts per score: {rows}")
-    done = rows["accuracy"] - 1
+    done = next(iter(rows.values())) - 1
     complete = _need(data, "complete", bool, "", file)
     if complete != (done == T):
         raise DataError(

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from clsharelora.evaluation.items import binomial_se, ratio_se  # noqa: F401 (re-exported)
+
 from .seeds import t_quantile
 
 CONFIDENCE = 0.95
@@ -33,25 +35,8 @@ def _as_1d(values: Sequence[float], name: str, minimum: int = 1) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- one score
 
-def binomial_se(accuracy: float, n: int) -> float:
-    """Standard error of an accuracy over n independent items: sqrt(p (1 - p) / n)."""
-    if n < 1 or not 0.0 <= accuracy <= 1.0:
-        raise ValueError(f"binomial_se needs n >= 1 and 0 <= accuracy <= 1, got n={n}, accuracy={accuracy}")
-    return math.sqrt(accuracy * (1.0 - accuracy) / n)
-
-
-def ratio_se(sums: Sequence[float], counts: Sequence[float]) -> float:
-    """Standard error of a token-weighted mean NLL = sum(s_i) / sum(c_i) over items i (per-item summed NLL
-    s_i over c_i tokens): the delta-method (ratio-estimator) SE, items being the independent units,
-    sqrt(n / (n - 1) * sum((s_i - R c_i)^2)) / sum(c_i). Zero for a single item (no spread to estimate)."""
-    s, c = _as_1d(sums, "sums"), _as_1d(counts, "counts")
-    if s.shape != c.shape or np.any(c <= 0):
-        raise ValueError("ratio_se needs one positive token count per item")
-    n = s.size
-    if n == 1:
-        return 0.0
-    ratio = s.sum() / c.sum()
-    return float(math.sqrt(n / (n - 1) * np.sum((s - ratio * c) ** 2)) / c.sum())
+# binomial_se and ratio_se (imported above, re-exported) live with the per-item results they are computed
+# from, in clsharelora.evaluation.items: training stores them in results.json, analysis uses the same ones.
 
 
 # ------------------------------------------------------------------------------- seeds x orders

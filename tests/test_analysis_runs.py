@@ -124,7 +124,7 @@ def _corrupt(tmp_path, edit):
     "edit, field",
     [
         (lambda d: d.pop("matrices"), "'matrices'"),
-        (lambda d: d["matrices"].pop("accuracy"), "'matrices.accuracy'"),
+        (lambda d: [d["matrices"].pop(k, None) for k in ("accuracy", "nll")], "'matrices' holds none"),
         (lambda d: d["matrices"]["accuracy"][2].pop(), "'matrices.accuracy' row 2"),
         (lambda d: d["matrices"]["accuracy"][1].__setitem__(0, None), "'matrices.accuracy' row 1 column 0"),
         (lambda d: d["matrices"]["accuracy"].append([0, 0, 0]), "'matrices.accuracy' has 5 rows"),
@@ -186,3 +186,15 @@ def test_reads_what_training_writes(tmp_path):
     stored = json.loads((d / "results.json").read_text())["metrics"]["accuracy"]
     for key in ("acc", "bwt", "fwt", "forgetting", "plasticity"):
         assert r.metrics("accuracy")[key] == pytest.approx(stored[key])
+
+
+def test_a_run_scored_without_generation_has_nll_only_and_loads(tmp_path):
+    """GSM8K/HumanEval with `generate: false` leave no accuracy matrix: the run is analysed on NLL alone."""
+    d = _write(tmp_path, nll=(2.0 - np.asarray(A)).tolist())
+    f = d / "results.json"
+    data = json.loads(f.read_text())
+    data["matrices"].pop("accuracy")
+    f.write_text(json.dumps(data))
+    run = load_run(d)
+    assert run.scores == ["nll"] and run.done == len(run.tasks) and run.complete
+    assert set(run.metrics("nll")) >= {"acc", "bwt", "forgetting"}
