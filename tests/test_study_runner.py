@@ -63,6 +63,12 @@ def test_orders_are_seeded_permutations_starting_with_the_stream_order(tmp_path)
     assert [e["name"] for e in study.stream_for(1)["experiences"]] == ["mmlu", "gsm8k"]
 
 
+def test_a_strategy_mapping_keeps_the_base_options_its_adapter_knows(tmp_path):
+    """A matched-LoRA control must match at the base's rank: {name: lora, match: share_a} keeps r."""
+    path = write_study(tmp_path, "strategies: [{label: matched, adapter: {name: lora, match: share_a}}]\nseeds: [0]\n")
+    assert load_study(path).strategies[0].adapter == {"name": "lora", "r": 2, "match": "share_a"}
+
+
 @pytest.mark.parametrize("body, message", [
     ("strategies: [lora]\nseeds: []\n", "'seeds' must be a non-empty list"),
     ("strategies: [lora, lora]\nseeds: [0]\n", "strategy labels must differ"),

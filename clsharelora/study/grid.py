@@ -105,9 +105,16 @@ def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
         if unknown or "label" not in entry or "adapter" not in entry:
             raise ConfigError(f"{where}: a strategy mapping needs 'label' and 'adapter' (and optionally 'cl'), "
                               f"got keys {sorted(entry)}")
+        # like a spec string, the mapping starts from the base config's options that its strategy knows
+        # (r, alpha, targets, ...), so that e.g. {name: lora, match: share_a} matches the base's own rank
         adapter = entry["adapter"] if isinstance(entry["adapter"], dict) else {"name": entry["adapter"]}
+        if "name" not in adapter:
+            raise ConfigError(f"{where}: the strategy's 'adapter' mapping needs a 'name'")
+        adapter = {**_switch(base.get("adapter"), adapter["name"], "adapter"), **adapter}
         cl = entry.get("cl", base.get("cl") or {"name": "naive"})
         cl = cl if isinstance(cl, dict) else {"name": cl}
+        if "name" in cl and cl["name"] != (base.get("cl") or {}).get("name"):
+            cl = {**_switch(base.get("cl"), cl["name"], "cl"), **cl}
         return Strategy(str(entry["label"]), dict(adapter), dict(cl))
     raise ConfigError(f"{where}: a strategy is a spec string (lora, sharelora:share_a, lora+replay) or a mapping")
 
