@@ -16,7 +16,7 @@ LLAMA_NAME = $(basename $(notdir $(CONFIG)))
 RUNS ?= runs/demo/*
 OUT ?= reports/demo
 
-.PHONY: install test test-slow demo stream-llama2 report bench bench-smoke clean
+.PHONY: install test test-slow demo study stream-llama2 report bench bench-smoke clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ test-slow: install
 demo: install
 	$(CLI) compare --config configs/demo.yaml --strategies $(STRATEGIES) --out runs/demo --resume
 	$(CLI) report runs/demo/* --out reports/demo --title "LoRA vs ShareLoRA, demo stream, SmolLM2-135M"
+
+# The committed CPU-scale study (docs/results/cpu-study.md): 30 cells, 2 at a time; resumes where it stopped.
+study: install
+	$(CLI) study --config configs/study-cpu.yaml --out runs/study-cpu --jobs 2 --resume
+	$(CLI) report runs/study-cpu --out docs/results/cpu-study --doc docs/results/cpu-study.md --command "make study" \
+		--title "CPU study: does ShareLoRA forget less than LoRA? (SmolLM2-135M, 2 CPU cores)" --reference lora
 
 # The paper stream on Llama-2-7B, LoRA vs ShareLoRA, on every visible GPU. DRY_RUN=1: meta device only.
 # CONFIG=configs/llama2-7b-authors.yaml: the authors' setup (docs/sharelora.md).

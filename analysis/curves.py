@@ -1,5 +1,6 @@
 """Forgetting curves: for each task, its score after each experience (x = experience), one line per
-strategy (seed mean, ±1 std band when several seeds), the experience that trained the task marked.
+strategy (seed mean, ±1 std band when several seeds; a single run gets 95% bars over its scored items),
+the experience that trained the task marked.
 Experiences a run did not finish are not drawn (the line stops), never drawn as zero."""
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def _legend_label(label: str, group: Sequence[Run]) -> str:
     return " ".join(parts)
 
 
+Z95 = 1.959964   # two-sided 95% normal quantile: bars are +-1.96 standard errors over items
+
+
 def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, title: str | None = None) -> Path:
     """Write the forgetting-curve figure of one setting's `runs` for `score` ("accuracy" or "nll")."""
     references = scored_groups([r for r in runs if r.is_reference], score) if any(
@@ -41,6 +45,7 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
     nrows = math.ceil(T / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.6 * nrows + 1.2), squeeze=False, sharex=True)
     x = np.arange(T + 1)
+    item_bars = False
     stats = {lab: mean_matrix(g, score) for lab, g in groups.items()}
     ref_final = {lab: np.nanmean([r.matrices[score][1] for r in g], axis=0) for lab, g in references.items()}
     for j, task in enumerate(tasks):
@@ -51,6 +56,14 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
             y = mean[:, j]
             ok = ~np.isnan(y)
             ax.plot(x[ok], y[ok], marker="o", ms=4, lw=1.8, color=colour[lab], label=_legend_label(lab, g))
+            se = g[0].errors.get(score)
+            if len(g) == 1 and se is not None and not np.isnan(se[:, j]).all():   # one run: item noise
+                e = np.full(T + 1, np.nan)
+                e[: se.shape[0]] = se[:, j]
+                bars = ok & ~np.isnan(e)
+                ax.errorbar(x[bars], y[bars], yerr=Z95 * e[bars], fmt="none", ecolor=colour[lab], elinewidth=1.1,
+                            capsize=3, alpha=0.8)
+                item_bars = True
             if len(g) > 1:
                 s = std[:, j]
                 band = ok & ~np.isnan(s)
@@ -77,6 +90,9 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
     if any(len(g) > 1 for g in groups.values()):
         handles.append(Patch(facecolor="0.5", alpha=0.25))
         labels.append("shaded: ±1 std over seeds")
+    if item_bars:
+        handles.append(plt.Line2D([], [], ls="", marker="|", ms=12, color="0.3"))
+        labels.append("bars: 95% interval over the scored items (one run)")
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
     fig.suptitle(title or f"Forgetting curves ({style.SCORE_TITLE[score]}): {first.stream} on {first.model}",
                  fontsize=12)

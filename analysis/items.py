@@ -165,3 +165,59 @@ def final_row_tests(a: RunItems, b: RunItems, *, seed: int = 0) -> list[FinalRow
         iv = stats.paired_bootstrap_nll(fa["nll_sum"][-1], fb["nll_sum"][-1], fa["nll_tokens"][-1], seed=seed)
         out.append(FinalRowTest(task, acc, p, iv.mean, iv.low, iv.high))
     return out
+
+
+def compare_pairs(pairs, reference: str, *, samples: int = BOOTSTRAP_SAMPLES) -> "pd.DataFrame":
+    """Item-level comparison of each (label, keys, run, reference_run) pair (both complete, scored on the
+    same items): one row per score and metric with the item-bootstrap interval of run - reference, and one
+    per task at the final row (NLL interval, accuracy difference, McNemar). Pairs without items are skipped."""
+    import pandas as pd
+
+    rows = []
+    for label, keys, run, ref in pairs:
+        if not (run.complete and ref.complete) or ref.tasks != run.tasks:
+            continue
+        a, b = RunItems.load(run), RunItems.load(ref)
+        if a is None or b is None:
+            continue
+        base = {"label": label, "reference": reference, **keys}
+        for score in [s for s in SCORES if s in run.matrices and s in ref.matrices]:
+            for c in compare_metrics(a, b, score, samples=samples, seed=run.seed):
+                rows.append({**base, "kind": "metric", "score": score, "what": c.metric, "difference": c.difference,
+                             "low": c.low, "high": c.high, "p_value": c.p_value, "resolved": c.resolved})
+        for t in final_row_tests(a, b, seed=run.seed):
+            rows.append({**base, "kind": "final row", "score": "nll", "what": t.task, "difference": t.nll_difference,
+                         "low": t.nll_low, "high": t.nll_high, "p_value": np.nan,
+                         "resolved": t.nll_low > 0 or t.nll_high < 0,
+                         "accuracy_difference": t.accuracy_difference, "mcnemar_p": t.mcnemar_p})
+    return pd.DataFrame(rows)
+
+
+def item_level_table(runs, reference: str, *, samples: int = BOOTSTRAP_SAMPLES) -> "pd.DataFrame":
+    """`compare_pairs` for run directories: every strategy against `reference`, runs paired by seed."""
+    from .runs import by_strategy
+
+    groups = by_strategy([r for r in runs if not r.is_reference])
+    ref_by_seed = {r.seed: r for r in groups.get(reference, [])}
+    pairs = [(label, {"seed": run.seed}, run, ref_by_seed[run.seed]) for label, group in groups.items()
+             if label != reference for run in group if run.seed in ref_by_seed]
+    return compare_pairs(pairs, reference, samples=samples)
+
+
+def item_level_sentences(table) -> list[str]:
+    """Which metric differences exceed the noise of the scored items, in words (evaluation noise only)."""
+    import pandas as pd
+
+    out = []
+    if table is None or not len(table):
+        return out
+    for _, r in table[table["kind"] == "metric"].iterrows():
+        what = f"{r['what']} ({r['score']}), {r['label']} − {r['reference']}, seed {r['seed']}"
+        if "order" in r and not pd.isna(r["order"]):
+            what += f", order {int(r['order'])}"
+        ci = f"{r['difference']:+.4f} (95% item-bootstrap interval {r['low']:+.4f}..{r['high']:+.4f}, p = {r['p_value']:.3g})"
+        if r["resolved"]:
+            out.append(f"**Beyond item noise**: {what}: {ci}.")
+        else:
+            out.append(f"Within item noise: {what}: {ci}; the scored items cannot tell these runs apart.")
+    return out

@@ -4,6 +4,7 @@ Writes under DIR:
   figures/curves_<score>_<setting>.png, figures/heatmap_<score>_<setting>.png
   comparison.md / comparison.csv          one table per (stream, model) setting
   seeds.md / seeds.csv / paired_differences.csv / paired_summary.csv   when a strategy has several seeds
+  item_level.csv                           strategy vs LoRA on the same items: item-bootstrap intervals, McNemar
   scores_long.csv                          every stored score point, tidy (for your own plots)
   report.md                                everything, figures linked
   report.html                              the same page, self-contained (figures inlined as base64)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from clsharelora.errors import DataError, UserError
 from . import tables
 from .curves import plot_forgetting_curves
 from .heatmaps import plot_heatmaps
+from .items import item_level_sentences, item_level_table
 from .runs import SCORES, Run, by_setting, by_strategy, load_runs, tidy
 from .seeds import paired_differences, seed_table, summarize_differences
 
@@ -66,7 +69,9 @@ class Page:
     def image(self, path: Path, rel: str, alt: str) -> None:
         self.blocks.append(("img", path, rel, alt))
 
-    def markdown(self) -> str:
+    def markdown(self, base: Path | None = None) -> str:
+        """The page as Markdown; image links are relative to the report folder, or to `base` when the page
+        is written elsewhere (`--doc`)."""
         out = [f"# {self.title}\n"]
         for b in self.blocks:
             if b[0] == "h":
@@ -76,7 +81,8 @@ class Page:
             elif b[0] == "table":
                 out.append(tables.to_markdown(b[1], b[2]))
             elif b[0] == "img":
-                out.append(f"![{b[3]}]({b[2]})\n")
+                link = b[2] if base is None else os.path.relpath(Path(b[1]).resolve(), base.resolve())
+                out.append(f"![{b[3]}]({link})\n")
         return "\n".join(out)
 
     def html(self) -> str:
@@ -150,7 +156,7 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     if not runs:
         raise DataError("none of the given runs has any score yet (all results.json matrices are empty)")
 
-    comparisons, seed_frames, pair_frames, pair_summaries, md_sections = [], [], [], [], []
+    comparisons, seed_frames, pair_frames, pair_summaries, md_sections, item_frames = [], [], [], [], [], []
     for (stream, model), group in by_setting(runs).items():
         slug = _slug(stream, model)
         page.heading(2, f"Stream {stream} · model {model}")
@@ -171,6 +177,7 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
             path = plot_heatmaps(sequential, score, fig_dir / f"heatmap_{score}_{slug}.png")
             page.image(path, f"figures/{path.name}", f"score matrix heatmaps, {score}, {stream} on {model}")
 
+        item_frames.append(_item_level(page, group, slug))
         if any(len(g) > 1 for g in by_strategy(group).values()):
             st = seed_table(group).assign(stream=stream, model=model)
             seed_frames.append(st)
@@ -199,8 +206,53 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
             pd.concat(pair_frames, ignore_index=True).to_csv(out / "paired_differences.csv", index=False)
             text += "\n## Paired differences (matched by seed)\n\n" + tables.differences_markdown(summ)
         (out / "seeds.md").write_text(text, encoding="utf-8")
+    items = [f for f in item_frames if f is not None and len(f)]
+    if items:
+        pd.concat(items, ignore_index=True).to_csv(out / "item_level.csv", index=False)
     tidy(runs).to_csv(out / "scores_long.csv", index=False)
     return page
+
+
+def _item_level(page: Page, group: Sequence[Run], slug: str):
+    """Item-level section of one setting: each strategy against LoRA (or the first strategy) on runs of the
+    same seed, from the per-item results the runs stored; None when no pair has items."""
+    labels = list(by_strategy([r for r in group if not r.is_reference]))
+    if len(labels) < 2:
+        return None
+    reference = "lora" if "lora" in labels else labels[0]
+    table = item_level_table(group, reference)
+    if not len(table):
+        return None
+    page.heading(3, f"Differences against {reference}: beyond the noise of the scored items?")
+    page.para("Each run stored its per-item results (items/row_<i>.npz), so every metric is recomputed on "
+              "bootstrap resamples of the scored items, the same resample for both runs of a pair (same seed, "
+              "same items). An interval that excludes 0 means the difference is larger than what scoring other "
+              "items of the same benchmarks could produce. This covers evaluation noise only: with one seed "
+              "per strategy it says nothing about training noise (another seed or task order can move a "
+              "metric more); `make study` measures that (docs/results/cpu-study.md).")
+    for sentence in item_level_sentences(table):
+        page.para(sentence)
+    final = table[table["kind"] == "final row"]
+    if len(final):
+        page.table(["strategy", "seed", "task", "final NLL diff", "95% item interval", "accuracy diff", "McNemar p"],
+                   [[r["label"], str(r["seed"]), r["what"], f"{r['difference']:+.4f}", f"{r['low']:+.4f}..{r['high']:+.4f}",
+                     "—" if pd.isna(r["accuracy_difference"]) else f"{r['accuracy_difference']:+.3f}",
+                     "—" if pd.isna(r["mcnemar_p"]) else f"{r['mcnemar_p']:.3g}"] for _, r in final.iterrows()])
+    return table.assign(setting=slug)
+
+
+def _write_pages(page: Page, args) -> None:
+    """report.md and report.html under --out; with --doc the Markdown page there instead (a results doc in
+    the repository: no HTML with inlined figures beside it)."""
+    if args.command:
+        page.blocks.insert(0, ("p", f"Generated by `{args.command}`; every number and figure below comes from "
+                                    "the run directories, none is typed by hand."))
+    if args.doc:
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(page.markdown(args.doc.parent), encoding="utf-8")
+        return
+    (args.out / "report.md").write_text(page.markdown(), encoding="utf-8")
+    (args.out / "report.html").write_text(page.html(), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,15 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
     parser.add_argument("--title", default="Continual-learning report", help="report title")
     parser.add_argument("--reference", help="a study's reference strategy for paired comparisons (default: its first)")
+    parser.add_argument("--doc", type=Path, help="also write the page as this Markdown file (links relative to it), "
+                                                 "e.g. docs/results/cpu-study.md")
+    parser.add_argument("--command", help="the command that produced the report, written at the top of the page")
     args = parser.parse_args(argv)
     try:
         from .study import build_study_report, is_study
 
         if len(args.run_dirs) == 1 and is_study(args.run_dirs[0]):
             page = build_study_report(Path(args.run_dirs[0]), args.out, args.title, args.reference)
-            (args.out / "report.md").write_text(page.markdown(), encoding="utf-8")
-            (args.out / "report.html").write_text(page.html(), encoding="utf-8")
-            print(f"report: {args.out / 'report.html'} (study {args.run_dirs[0]})")
+            _write_pages(page, args)
+            print(f"report: {args.doc or args.out / 'report.html'} (study {args.run_dirs[0]})")
             return 0
         skipped: list[Path] = []
         runs = load_runs(args.run_dirs, skipped)
@@ -229,8 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: skipped {p} (a file, not a run directory)", file=sys.stderr)
         args.out.mkdir(parents=True, exist_ok=True)
         page = build_report(runs, args.out, args.title)
-        (args.out / "report.md").write_text(page.markdown(), encoding="utf-8")
-        (args.out / "report.html").write_text(page.html(), encoding="utf-8")
+        _write_pages(page, args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

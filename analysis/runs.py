@@ -62,6 +62,8 @@ class Run:
     synthetic: bool = False
     #: task -> evaluation protocol ("lm-eval:mmlu", "clsharelora:mmlu_pro_letters", ...), when the run says
     protocols: dict[str, str] = field(default_factory=dict, repr=False)
+    #: score -> standard errors over items of each R entry (same shape; NaN where the run stored none)
+    errors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def T(self) -> int:
@@ -242,6 +244,7 @@ def load_run(path: str | Path) -> Run:
     first_row = scores[0] if isinstance(scores, list) and scores and isinstance(scores[0], list) else []
     protocols = {c["task"]: c["protocol"] for c in first_row
                  if isinstance(c, dict) and isinstance(c.get("task"), str) and isinstance(c.get("protocol"), str)}
+    errors = {score: _standard_errors(scores, score, m.shape) for score, m in mats.items()}
 
     return Run(
         path=file.parent,
@@ -259,7 +262,21 @@ def load_run(path: str | Path) -> Run:
         memory_kind=memory_kind,
         synthetic=run.get("synthetic") is True,
         protocols=protocols,
+        errors=errors,
     )
+
+
+def _standard_errors(scores: Any, score: str, shape: tuple[int, int]) -> np.ndarray:
+    """The `<score>_se` of every cell of results.json `scores` as a matrix; NaN where absent or malformed."""
+    out = np.full(shape, np.nan)
+    if not isinstance(scores, list):
+        return out
+    for i, row in enumerate(scores[: shape[0]]):
+        for j, cell in enumerate(row[: shape[1]] if isinstance(row, list) else []):
+            v = cell.get(f"{score}_se") if isinstance(cell, dict) else None
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[i, j] = float(v)
+    return out
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:

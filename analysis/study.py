@@ -26,6 +26,7 @@ from clsharelora import metrics  # noqa: E402
 from clsharelora.errors import DataError  # noqa: E402
 
 from . import stats  # noqa: E402
+from .items import compare_pairs  # noqa: E402
 from .runs import SCORES, Run, load_run  # noqa: E402
 
 GRID = "grid.json"
@@ -222,6 +223,41 @@ def plot_params_vs_forgetting(summary: pd.DataFrame, score: str, out: Path) -> P
     return out
 
 
+def _timing(root: Path) -> str:
+    """How long the study took: timing.json's sessions (written by `clsharelora study`), or else the span of
+    the study directory's file times (grid.json written at the start, status.tsv after the last cell)."""
+    status = root / "status.tsv"
+    cell_s = 0.0
+    if status.is_file():
+        for line in status.read_text().splitlines()[1:]:
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[2]:
+                cell_s += float(parts[2])
+    cells = f"; the cells' own run times sum to {cell_s / 60:.1f} min" if cell_s else ""
+    try:
+        timing = json.loads((root / "timing.json").read_text())
+        sessions = timing["sessions"]
+        last = sessions[-1]
+        return (f"Wall time: {timing['wall_s'] / 60:.1f} min in {len(sessions)} session(s) of `clsharelora study` "
+                f"({last['jobs']} cell(s) at a time x {last['threads_per_cell']} thread(s), {last['cpus']} CPU(s), "
+                f"{last['cpu']}){cells} (timing.json, status.tsv).")
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
+    if (root / "grid.json").is_file() and status.is_file():
+        span = status.stat().st_mtime - (root / "grid.json").stat().st_mtime
+        return (f"Wall time: {span / 60:.1f} min from the study directory's file times (grid.json to the last "
+                f"status.tsv write; this study predates timing.json){cells}.")
+    return "Wall time: unknown (no timing.json or status.tsv)."
+
+
+def item_pairs(cells: Sequence[Cell], reference: str) -> pd.DataFrame:
+    """`analysis.items.compare_pairs` on the study's pairs (same seed and order) against `reference`."""
+    ref = {(c.seed, c.order): c.run for c in cells if c.label == reference}
+    pairs = [(c.label, {"seed": c.seed, "order": c.order}, c.run, ref[(c.seed, c.order)])
+             for c in cells if c.label != reference and (c.seed, c.order) in ref]
+    return compare_pairs(pairs, reference)
+
+
 def build_study_report(root: Path, out: Path, title: str, reference: str | None = None):
     """Write tables and figures for the study in `root` under `out`; returns the report Page."""
     from .report import Page
@@ -235,6 +271,9 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
     tasks = per_task_table(cells)
     summary = strategy_summary(table)
     pairs = paired_table(table, reference)
+    items = item_pairs(cells, reference)
+    if len(items):
+        items.to_csv(out / "item_level.csv", index=False)
     table.to_csv(out / "cells.csv", index=False)
     tasks.to_csv(out / "per_task.csv", index=False)
     summary.to_csv(out / "strategies.csv", index=False)
@@ -245,6 +284,7 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
               f"{len(grid['orders'])} orders; {len(cells)} complete cells"
               + (f", {len(missing)} missing or incomplete (left out): {', '.join(missing)}" if missing else "")
               + ". Orders: " + "; ".join(f"{k}: {' → '.join(o)}" for k, o in enumerate(grid["orders"])) + ".")
+    page.para(_timing(root))
     page.heading(2, "Answer")
     for sentence in verdicts(pairs):
         page.para(sentence)
@@ -261,6 +301,27 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
                [[r["label"], r["score"], r["metric"], str(r["pairs"]), f"{r['mean_difference']:+.4f}",
                  f"{r['t_low']:+.4f}..{r['t_high']:+.4f}", f"{r['boot_low']:+.4f}..{r['boot_high']:+.4f}",
                  f"{r['p_value']:.3g}", f"{r['mde']:.4f}", "yes" if r["resolved"] else "no"] for _, r in pairs.iterrows()])
+    if len(items):
+        page.heading(2, "Evaluation noise against training noise (item level)")
+        page.para("Every cell stored its per-item results, so each pair's difference is also tested against the "
+                  "noise of the items scored (paired bootstrap over items, the same resample for both cells; "
+                  "McNemar on the final row's per-item correctness). A pair can differ beyond item noise while "
+                  "the strategies do not differ over seeds and orders: then training noise, not the number of "
+                  "items, limits the study.")
+        body = []
+        for (label, score, what), g in items[items["kind"] == "metric"].groupby(["label", "score", "what"], sort=False):
+            half = float(np.median((g["high"] - g["low"]) / 2))
+            spread = float(g["difference"].std(ddof=1)) if len(g) > 1 else math.nan
+            body.append([label, score, what, str(len(g)), f"{int(g['resolved'].sum())}/{len(g)}",
+                         f"{half:.4f}", "—" if math.isnan(spread) else f"{spread:.4f}"])
+        page.table(["strategy", "score", "metric", "pairs", "pairs beyond item noise",
+                    "median item half-width (95%)", "sd of the difference over pairs"], body)
+        final = items[(items["kind"] == "final row") & items["mcnemar_p"].notna()] if "mcnemar_p" in items else items[:0]
+        if len(final):
+            page.table(["strategy", "task", "pairs", "mean accuracy diff (final row)", "pairs with McNemar p < 0.05"],
+                       [[label, task, str(len(g)), f"{g['accuracy_difference'].mean():+.4f}",
+                         f"{int((g['mcnemar_p'] < 0.05).sum())}/{len(g)}"]
+                        for (label, task), g in final.groupby(["label", "what"], sort=False)])
     page.heading(2, "Figures")
     for score in [s for s in SCORES if s in table["score"].unique()]:
         path = plot_task_curves(cells, score, out / "figures" / f"task_curves_{score}.png")

@@ -138,3 +138,19 @@ def test_every_row_has_its_items_and_standard_errors(runs):
             assert cell["nll_se"] == pytest.approx(ratio_se(got["nll_sum"], got["nll_tokens"]))
     # the same items at every row, so rows can be compared item by item
     assert all((read_items(run, i)["mmlu"]["id"] == read_items(run, 0)["mmlu"]["id"]).all() for i in (1, 2))
+
+
+def test_report_tests_each_difference_against_the_noise_of_the_scored_items(runs, tmp_path):
+    """Runs of one seed: the report says, per metric, whether the difference exceeds item noise, and
+    draws 95% item bars (from the stored standard errors) on the curves."""
+    import pandas as pd
+
+    assert main(["report", str(runs / "lora"), str(runs / "sharelora-share_a-replay"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "beyond the noise of the scored items" in md and "evaluation noise only" in md
+    table = pd.read_csv(tmp_path / "rep" / "item_level.csv")
+    metric_rows = table[table["kind"] == "metric"]
+    assert set(metric_rows["score"]) == {"accuracy", "nll"} and set(metric_rows["reference"]) == {"lora"}
+    assert (metric_rows["low"] <= metric_rows["difference"]).all() and (metric_rows["difference"] <= metric_rows["high"]).all()
+    assert set(table[table["kind"] == "final row"]["what"]) == {"gsm8k", "mmlu"}
+    assert ("Within item noise" in md) or ("Beyond item noise" in md)

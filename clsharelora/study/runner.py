@@ -8,6 +8,8 @@ Study directory:
   configs/<label>/seedS-orderK.yaml, runs/<label>/seedS-orderK/, logs/<label>/seedS-orderK.log
                         (<label>: the strategy label made path-safe, e.g. sharelora-share_a)
   status.tsv            cell, state, seconds: rewritten after every cell
+  timing.json           one entry per `clsharelora study` session: start, end, wall seconds, jobs, threads,
+                        CPUs and CPU model (the study's wall time is their sum; a resumed study has several)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import atomic
+from ..hardware import read_cpuinfo
 from ..errors import UserError
 from .grid import Cell, Study, dump, label_dir, load_study
 
@@ -94,6 +97,28 @@ def _write_status(root: Path, study: Study, seconds: dict[str, float], failed: d
     atomic.write_text(root / "status.tsv", "\n".join(lines) + "\n")
 
 
+class SessionLog:
+    """timing.json: this session's entry is written when it starts and rewritten after every cell, so a
+    killed study keeps the time up to its last finished cell."""
+
+    def __init__(self, root: Path, session: dict):
+        self.path = root / "timing.json"
+        try:
+            self.earlier = list(json.loads(self.path.read_text())["sessions"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.earlier = []
+        self.session = session
+        self.start = time.perf_counter()
+        self.update(0)
+
+    def update(self, cells_run: int, finished: bool = False) -> None:
+        now = {**self.session, "wall_s": round(time.perf_counter() - self.start, 1), "cells_run": cells_run,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None}
+        sessions = [*self.earlier, now]
+        atomic.write_json(self.path, {"sessions": sessions,
+                                      "wall_s": round(sum(float(s.get("wall_s") or 0.0) for s in sessions), 1)})
+
+
 def _run_cell(root: Path, cell: Cell, threads: int) -> tuple[int, float]:
     paths = cell_paths(root, cell)
     resume = cell_state(paths["run"]) == "partial"
@@ -135,6 +160,9 @@ def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool 
     print(f"study {study.name}: {len(study.cells)} cells ({len(todo)} to run), {jobs} at a time x {threads} "
           f"thread(s) of {cpus} CPU(s) -> {root}", file=sys.stderr, flush=True)
     running: set[str] = set()
+    timing = SessionLog(root, {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells_to_run": len(todo),
+                            "jobs": jobs, "threads_per_cell": threads, "cpus": cpus,
+                            "cpu": read_cpuinfo()[0] or "unknown"})
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {}
@@ -152,11 +180,13 @@ def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool 
                 started = [c.key for c in todo if c.key not in seconds][: max(0, jobs - len(running))]
                 running.update(started)
                 _write_status(root, study, seconds, failed)
+                timing.update(len(seconds))
                 bar.update(1)
                 bar.set_postfix_str(", ".join(sorted(running))[:80])
     finally:
         bar.close()
         _write_status(root, study, seconds, failed)
+        timing.update(len(seconds), finished=True)
         lock.close()
     for key, why in failed.items():
         print(f"error: cell {key} {why}", file=sys.stderr)
