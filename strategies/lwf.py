@@ -104,10 +104,14 @@ class LwF(CLStrategy):
         if isinstance(temp, bool) or not isinstance(temp, (int, float)) or temp <= 0:
             raise ConfigError(f"lwf: option 'temperature' must be a number > 0, got {temp!r}")
 
+    def check_model(self, model) -> None:
+        if not copies.lora_layers(model):
+            raise ConfigError("lwf works on peft LoRA adapters (their layers are copied and compared): use "
+                              "--strategy lora or sharelora (any variant); this adapter has none")
+
     def plugins(self, context: CLContext) -> list:
         if context.model is None:
             raise ConfigError("lwf needs the model in its CLContext")
-        if not copies.lora_layers(context.model):
-            raise ConfigError("lwf works on peft LoRA adapters: use --strategy lora or sharelora (any variant)")
+        self.check_model(context.model)
         return [LwFPlugin(context.model, lwf_lambda=float(self.options["lwf_lambda"]),
                           temperature=float(self.options["temperature"]))]

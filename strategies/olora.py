@@ -165,11 +165,15 @@ class OLoRA(CLStrategy):
             raise ConfigError(f"olora: option 'norm' must be 'squared' (the paper) or 'abs' (the authors' code), "
                               f"got {self.options['norm']!r}")
 
+    def check_model(self, model) -> None:
+        if not copies.lora_layers(model):
+            raise ConfigError("olora works on peft LoRA adapters (their layers are copied and compared): use "
+                              "--strategy lora or sharelora (any variant); this adapter has none")
+
     def plugins(self, context: CLContext) -> list:
         if context.model is None:
             raise ConfigError("olora needs the model in its CLContext")
-        if not copies.lora_layers(context.model):
-            raise ConfigError("olora works on peft LoRA adapters: use --strategy lora or sharelora (any variant)")
+        self.check_model(context.model)
         o = self.options
         return [OLoRAPlugin(context.model, lambda_1=float(o["lambda_1"]), lambda_2=float(o["lambda_2"]),
                             norm=o["norm"], seed=context.seed, store=context.store)]

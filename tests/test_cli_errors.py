@@ -99,6 +99,8 @@ CASES = {
     "unknown --set key": (lambda t: ["--set", "train.lrr=1"], "did you mean 'lr'"),
     "unknown strategy": (lambda t: ["--strategy", "sharelor"], "did you mean 'sharelora'.*known: lora, sharelora, vera"),
     "unknown cl": (lambda t: ["--cl", "replya"], "did you mean 'replay'"),
+    "olora on vera": (lambda t: ["--strategy", "vera", "--cl", "olora"], "olora works on peft LoRA adapters"),
+    "lwf on vera": (lambda t: ["--strategy", "vera", "--cl", "lwf"], "lwf works on peft LoRA adapters"),
     "unknown stream": (lambda t: ["--stream", "nope"], "stream 'nope' not found.*demo"),
     "unknown model": (lambda t: ["--model", "llama9"], "unknown model 'llama9'.*smollm2-135m"),
     "missing data root": (lambda t: ["--data-root", str(t / "none")], "is not a directory"),

@@ -1,6 +1,8 @@
-"""The contract of a continual-learning method plug-in: the Avalanche plugins it adds to training, plus three
+"""The contract of a continual-learning method plug-in: the Avalanche plugins it adds to training, plus four
 optional hooks (all no-ops by default) for methods that change more than the training loop:
 
+- `check_model(model)`: refuse an adapter this method cannot work with, on the meta-device model, before
+  anything is written (O-LoRA and LwF need peft LoRA layers);
 - `schedule(experiences)`: which experiences the runner trains (joint training trains one, on the union);
 - `plan(model, adapter_params, n_experiences)`: extra dry-run lines (O-LoRA's per-experience counts);
 - a plugin method `save_adapters(model, directory)`: called by the scoring plugin after the adapter strategy
@@ -33,6 +35,9 @@ class CLStrategy(Strategy):
 
     def plugins(self, context: CLContext) -> list:
         return []
+
+    def check_model(self, model) -> None:
+        """Raise ConfigError when the adapted `model` (on the meta device) is one this method cannot train."""
 
     def schedule(self, experiences: list) -> list:
         """The experiences to train, in order (default: all of them, one after another)."""
