@@ -45,16 +45,6 @@ class Dist:
         if self.active:
             torch_dist.barrier()
 
-    def average_gradients(self, params) -> None:
-        """All-reduce (mean) every gradient once; shared tensors are listed once by the caller."""
-        if not self.active:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            torch_dist.all_reduce(p.grad, op=torch_dist.ReduceOp.SUM)
-            p.grad.div_(self.world_size)
-
     def all_reduce_sum(self, tensors) -> None:
         """Sum each tensor over all ranks, in place (identity on one process)."""
         if not self.active:
