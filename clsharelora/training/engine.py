@@ -14,7 +14,7 @@ Choices, and why:
 - `find_unused_parameters=False`: every trainable adapter tensor is used by every forward, so the reducer
   needs no graph walk per step; `static_graph` is left off (it only helps reentrant checkpointing or graphs
   with unused parameters, and the template uses non-reentrant checkpointing);
-- `broadcast_buffers=False`: the model's buffers (rotary frequencies) are constants;
+- `forward_sync_buffers=False`: the model's buffers (rotary frequencies) are constants (synced once at init);
 - `init_sync` only for the first wrapper of a run: it broadcasts rank 0's parameters (the frozen base too)
   so all ranks start identical; later experiences start from identical updates on every rank.
 ShareLoRA: DDP lists parameters by identity (`_build_params_for_reducer` dedups shared Parameters), so a
@@ -40,7 +40,7 @@ def data_parallel(model: torch.nn.Module, dist: Dist, *, init_sync: bool) -> Dis
     if not dist.active:
         return None
     device_ids = [dist.device.index] if dist.device.type == "cuda" and dist.device.index is not None else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
+    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False,
                                    find_unused_parameters=False, init_sync=init_sync)
 
 
