@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
@@ -101,3 +102,15 @@ def test_ddp_reduces_each_shared_tensor_once_to_the_mean_of_full_local_gradients
         if variant != "lora":
             assert res["shared_ids"] and set(res["shared_ids"]) <= set(ids)
         assert res["max_diff"] <= 1e-5 * max(1.0, res["scale"]), res
+
+
+def test_a_pinned_gpu_under_a_multi_process_launch_is_refused_naming_what_is_allowed(monkeypatch):
+    """Several processes on one pinned `cuda:N` would each train alone (world size 1) and all write."""
+    from clsharelora.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"device 'cuda:1' pins one GPU, but the launch starts 2 processes; "
+                                          r"allowed with several processes: auto \| cuda \| cpu"):
+        Dist.from_environment("cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert Dist.from_environment("cuda:1") == Dist.single("cuda:1")
