@@ -1,68 +1,110 @@
-"""FSDP2 (`torch.distributed.fsdp.fully_shard`) on a ShareA model, 2 gloo processes on CPU, against the mean
-of the two processes' full local gradients (one process with the global batch). Recorded as an expected
-failure (strict: it turns into an error the day it passes, so the docs get updated):
-with the decoder layers sharded per layer and the shared A tensors passed as `ignored_params` (so that no
-layer's unit reshards a tensor the next layer still needs), `fully_shard(root)` does not take them either:
-its parameter traversal stops at submodules that already have an FSDP state, and the shared tensors are
-registered only inside the layers. They stay plain replicated Parameters whose gradients FSDP never reduces
-(each rank keeps its local gradient; max |diff| ~0.09 on this model), while every per-layer B tensor matches
-exactly. Letting layer 0's unit own them instead (reshard_after_forward=False) breaks the tying: FSDP swaps
-the Parameter in layer 0 only and layer 1 keeps the original object. docs/scale.md has both findings."""
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`) through `engine.fully_sharded`, 2 gloo processes on CPU, for
+each ShareLoRA variant: the gradient equals one process's on the global batch (the mean of both ranks'
+batches); after an optimizer step each shared tensor is still one tensor used by every layer; the full
+(gathered) state saves in the peft + sharelora.json format and loads on one process, tied, with the same
+values. Also the two obvious recipes that do NOT work, so that a change of FSDP's behaviour shows:
+shared tensors as `ignored_params` of the layers (the root does not take them: never reduced), and layer 0's
+unit owning them (the tying breaks)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 
-import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-from clsharelora.adapters import shared_parameters, spec_of
+from test_ddp_engine import VARIANTS, VOCAB, _batch, _model
+from transformers import AutoModelForCausalLM
 
-from test_ddp_engine import _batch, _model
+from clsharelora.adapters import is_tied, load_sharelora, save_sharelora, shared_parameters, spec_of
+from clsharelora.models import configs
+from clsharelora.training import engine
+from clsharelora.training.distributed import Dist
 
 
-def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+def _grad_diffs(model, reference) -> dict[str, float]:
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            out[name] = float((grad - reference[name]).abs().max())
+    return out
+
+
+def _tied_across_layers(model) -> bool:
+    return all(all(p is ps[0] for p in ps) for ps in shared_parameters(model, spec_of(model)).values())
+
+
+def _check(rank: int, world: int, variant: str, recipe: str, out: str) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    model, ref = _model(variant), _model(variant)
+    (sum(ref(**_batch(r)).loss for r in range(world)) / world).backward()   # one process, global batch
+    reference = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
+    mesh = init_device_mesh("cpu", (world,))
+    layers = engine.decoder_layers(model)
+    shared = {ps[0] for ps in shared_parameters(model, spec_of(model)).values()}
+    if recipe == "engine":
+        engine.fully_sharded(model, Dist(rank=rank, world_size=world), mesh=mesh)
+    elif recipe == "ignored":
+        for layer in layers:
+            fully_shard(layer, mesh=mesh, ignored_params=shared)
+        fully_shard(model, mesh=mesh)
+    else:   # "layer0"
+        fully_shard(layers[0], mesh=mesh, reshard_after_forward=False)
+        for layer in layers[1:]:
+            fully_shard(layer, mesh=mesh, ignored_params=shared)
+        fully_shard(model, mesh=mesh)
+    model(**_batch(rank)).loss.backward()
+    model.reshard()
+    res = {"layers": len(layers), "tied": _tied_across_layers(model)}
+    if res["tied"]:
+        res["diffs"] = _grad_diffs(model, reference)
+    if recipe == "engine":
+        torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+        res["tied_after_step"] = _tied_across_layers(model)
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:   # one process: a plain model takes the gathered state, saves, and loads tied
+            single = _model(variant)
+            single.load_state_dict(full)
+            save_sharelora(single, f"{out}/{variant}-adapter")
+            torch.manual_seed(0)
+            base = AutoModelForCausalLM.from_config(configs.tiny_llama(vocab_size=VOCAB))
+            loaded = load_sharelora(base, f"{out}/{variant}-adapter")
+            res["loaded_tied"] = is_tied(loaded)
+            res["loaded_diff"] = max(float((p - full[n]).abs().max()) for n, p in loaded.state_dict().items()
+                                     if "lora_" in n)
+    torch.save(res, f"{out}/{variant}-{recipe}-rank{rank}.pt")
+
+
+def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model, ref = _model("share_a"), _model("share_a")
-        (sum(ref(**_batch(r)).loss for r in range(world)) / world).backward()   # one process, global batch
-        reference = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
-        mesh = init_device_mesh("cpu", (world,))
-        shared = {ps[0] for ps in shared_parameters(model, spec_of(model)).values()}
-        for layer in model.base_model.model.model.layers:
-            fully_shard(layer, mesh=mesh, ignored_params=shared)   # the base sharded per decoder layer
-        fully_shard(model, mesh=mesh)                               # the root: meant to own the shared tensors
-        model(**_batch(rank)).loss.backward()
-        model.reshard()
-        diffs = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-                diffs[name] = float((grad - reference[name]).abs().max())
-        layers = model.base_model.model.model.layers
-        tied = all(layer.self_attn.q_proj.lora_A["default"].weight is layers[0].self_attn.q_proj.lora_A["default"].weight
-                   for layer in layers)
-        torch.save({"diffs": diffs, "tied": tied, "names": sorted(reference)}, f"{out}/rank{rank}.pt")
+        for variant in VARIANTS[1:]:
+            _check(rank, world, variant, "engine", out)
+        for recipe in ("ignored", "layer0"):
+            _check(rank, world, "share_a", recipe, out)
     finally:
         torch_dist.destroy_process_group()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="FSDP2 root unit does not own tensors registered inside already-sharded "
-                                       "layers: shared ShareLoRA gradients are not reduced (see module doc)")
-def test_fsdp2_two_processes_equal_one_with_shared_a_tensors_kept_whole():
+def test_fsdp2_two_processes_equal_one_and_shared_tensors_stay_whole_through_step_save_and_load():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
-        results = [torch.load(f"{tmp}/rank{r}.pt") for r in range(2)]
-    for res in results:
-        assert res["tied"]
-        assert sorted(res["diffs"]) == res["names"]
-        assert all(d <= 1e-5 for n, d in res["diffs"].items() if "lora_B" in n)   # per-layer tensors: exact
-        assert all(d <= 1e-5 for d in res["diffs"].values()), res["diffs"]          # shared A: the failure
+        load = lambda v, recipe, r: torch.load(f"{tmp}/{v}-{recipe}-rank{r}.pt")   # noqa: E731
+        for variant in VARIANTS[1:]:
+            for rank in range(2):
+                res = load(variant, "engine", rank)
+                assert res["layers"] == 2 and res["tied"] and res["tied_after_step"], (variant, res)
+                assert max(res["diffs"].values()) <= 1e-6, (variant, res["diffs"])
+            rank0 = load(variant, "engine", 0)
+            assert rank0["loaded_tied"] and rank0["loaded_diff"] == 0.0, (variant, rank0)
+        ignored = load("share_a", "ignored", 0)   # tied, but the shared A gradients stay local
+        assert ignored["tied"] and max(d for n, d in ignored["diffs"].items() if "lora_A" in n) > 1e-3
+        assert max(d for n, d in ignored["diffs"].items() if "lora_B" in n) <= 1e-6
+        assert not load("share_a", "layer0", 0)["tied"]

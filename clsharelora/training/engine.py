@@ -49,3 +49,43 @@ def no_sync(engine: torch.nn.Module | None, sync: bool):
     if engine is None or sync:
         return contextlib.nullcontext()
     return engine.no_sync()
+
+
+def shared_holders(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that hold a Parameter registered in more than one module (ShareLoRA's shared matrices)."""
+    holders: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders.setdefault(id(p), []).append(module)
+    return [m for mods in holders.values() if len(mods) > 1 for m in mods]
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks, found as accelerate's FSDP auto-wrap finds them: the base model's
+    `_no_split_modules` class names."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def fully_sharded(model: torch.nn.Module, dist: Dist, mesh=None) -> torch.nn.Module:
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`, in place), sharing kept: the frozen base is sharded per
+    decoder layer, and the modules that hold shared tensors (every layer's copy of a shared lora_A/lora_B)
+    form one unit of their own, created first and kept unsharded from the first forward to the end of
+    backward (`reshard_after_forward=False`), so each shared tensor is one whole tensor used by every layer
+    and its gradient, summed over all layers, is reduced once. Why not the obvious ways: passing the shared
+    tensors as `ignored_params` to the layers and letting the root own them fails (the root's traversal stops
+    at submodules already sharded, so nobody reduces their gradients), and letting layer 0's unit own them
+    breaks the tying (FSDP swaps the Parameter in layer 0 only); tests/test_fsdp_sharing.py checks this
+    recipe against one process."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = mesh or init_device_mesh(dist.device.type, (dist.world_size,))
+    holders = shared_holders(model)
+    if holders:
+        fully_shard(holders, mesh=mesh, reshard_after_forward=False)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
