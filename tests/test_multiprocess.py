@@ -80,6 +80,26 @@ def test_two_processes_run_the_steps_of_one_and_reach_its_adapter(tmp_path, stra
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cl", ["ewc", "lwf", "olora", "replay"])
+def test_cl_methods_on_two_processes_reach_the_adapter_and_r_of_one(tmp_path, cl):
+    """The CL plug-ins under DDP: they read and write the unwrapped model (EWC's penalty gradient and
+    Fisher, LwF's teacher forward, O-LoRA's penalty backward after DDP's reduction, replay's sampler)."""
+    stream = tmp_path / "epochs.yaml"
+    stream.write_text(STREAM)
+    args = [*ARGS, *STRATEGIES["share_a"], "--cl", cl, "--stream", str(stream)]
+    two, one = tmp_path / "two", tmp_path / "one"
+    _run([*ACCELERATE, *args, "--out", str(two)], tmp_path)
+    _run([sys.executable, "-m", "clsharelora.cli", *args, "--out", str(one)], tmp_path)
+    _same_adapters(one, two)
+    r2 = json.loads((two / "results.json").read_text())
+    r1 = json.loads((one / "results.json").read_text())
+    assert r1["cost"]["optimizer_steps"] == r2["cost"]["optimizer_steps"]
+    for score in ("accuracy", "nll"):
+        np.testing.assert_allclose(np.array(r2["matrices"][score]), np.array(r1["matrices"][score]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_two_processes_killed_mid_experience_resume_to_the_uninterrupted_run(tmp_path):
     stream = tmp_path / "epochs.yaml"
     stream.write_text(STREAM)

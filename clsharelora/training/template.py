@@ -157,7 +157,7 @@ class CausalLMTemplate(SupervisedTemplate):
         model = self.engine_model if self.engine_model is not None else self.model
         with self._autocast():
             return model(input_ids=self.mbatch["input_ids"], attention_mask=self.mbatch["attention_mask"],
-                              labels=self.mbatch["labels"], num_items_in_batch=self._step_tokens)
+                         labels=self.mbatch["labels"], num_items_in_batch=self._step_tokens)
 
     def criterion(self):
         # The HF loss is sum(token NLL) / num_items_in_batch; gradients of all micro-batches and all ranks
