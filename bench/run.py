@@ -3,7 +3,8 @@
 Parts (--only): adapters (LoRA vs ShareA/B/AB cost), overhead (our Avalanche strategy vs a bare loop), eval
 (items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables),
 neighbour (the demo's step beside a one-core busy loop, as a ratio to the lone step), lwf
-(LwF's step time vs naive, issue #13).
+(LwF's step time vs naive, issue #13), gradsync (gradient synchronisation: DDP vs the old per-tensor loop,
+2 gloo processes, issue #15).
 Every table and JSON carries the CPU model, torch's CPU capability, native bf16 and the thread choice, so
 figures from different machines are never read as one machine's.
 `--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
@@ -25,7 +26,7 @@ from clsharelora.errors import UserError
 
 from .timing import PROJECT_ROOT, fmt_stats
 
-PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf")
+PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync")
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -35,13 +36,15 @@ FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             mmlu_n=16, mmlu_shots=5, gsm8k_n=8, gsm8k_shots=8, max_new_tokens=32, eval_batch=8, eval_reps=2,
             scaling_batch=1, scaling_seqs=(128, 256, 512), scaling_ranks=(8, 16, 64), scaling_warmup=1,
             scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True,
-            neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2)
+            neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2,
+            gradsync_batch=2, gradsync_seq=128, gradsync_steps=4, gradsync_blocks=5)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
              overhead_reps=1,
              overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, max_new_tokens=4,
              eval_batch=2, eval_reps=1, scaling_seqs=(16,), scaling_ranks=(4,), scaling_warmup=0,
              scaling_reps=1, meta_models=("llama2-7b",), meta_ranks=(8,), isolate=False,
-             neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1)
+             neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1,
+             gradsync_batch=1, gradsync_seq=16, gradsync_steps=1, gradsync_blocks=1)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -225,8 +228,21 @@ def table_lwf(res: dict) -> list[str]:
             f"  LwF / naive (paired median): {res['ratio']:.3f}  (one extra forward, no backward, per micro-batch)"]
 
 
+def table_gradsync(res: dict) -> list[str]:
+    return [f"Gradient sync: {res['model']} {res['variant']} r={res['r']} ({res['trainable_tensors']} trainable "
+            f"tensors, {res['trainable_numel']:,d} values), {res['processes']} {res['backend']} processes on "
+            f"{res['device']}, {res['threads']} thread(s) each, batch {res['batch']} x {res['seq']} per process, "
+            f"{res['blocks']} blocks x {res['steps']} steps",
+            f"  local step (no sync)   {fmt_stats(res['local_step'])}",
+            f"  per-tensor loop step   {fmt_stats(res['loop_step'])}  (sync overhead {res['loop_overhead_s']:.4f} s)",
+            f"  DDP step               {fmt_stats(res['ddp_step'])}  (sync overhead {res['ddp_overhead_s']:.4f} s)",
+            f"  DDP / loop step (paired median): {res['step_ratio']:.3f}; overhead ratio: "
+            + (f"{res['overhead_ratio']:.3f}" if res["overhead_ratio"] is not None else "n/a")]
+
+
 TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
-          "meta": table_meta, "neighbour": table_neighbour, "lwf": table_lwf}
+          "meta": table_meta, "neighbour": table_neighbour, "lwf": table_lwf,
+          "gradsync": table_gradsync}
 
 
 def ratio_table(results: dict[str, dict]) -> list[str]:
@@ -262,6 +278,10 @@ def ratio_table(results: dict[str, dict]) -> list[str]:
         for x in results["neighbour"]["rows"]:
             lines.append(f"{'demo step beside a busy core / lone, ' + str(x['threads']) + ' thr':44s} "
                          f"{x['ratio']:9.3f} {'-':>9s}  (measured{', chosen' if x['chosen'] else ''})")
+    if "gradsync" in results:
+        g = results["gradsync"]
+        lines.append(f"{'DDP step / per-tensor loop step, 2 gloo procs':44s} {g['step_ratio']:9.3f} {'-':>9s}  "
+                     f"(measured)")
     if "meta" in results:
         ok = all(x["closed_form_ok"] for x in results["meta"]["rows"])
         lines.append(f"{'meta-device counts = closed form':44s} {'all' if ok else 'NOT all':>9s} {'all':>9s}  "
@@ -311,6 +331,12 @@ def run_part(part: str, s: dict, args, log) -> dict:
         return lwf_cost.run(model_name=s["model"], r=s["r"], batch=s["overhead_batch"], seq=s["overhead_seq"],
                             reps=max(s.get("overhead_reps", s["reps"]), s["overhead_steps_per_block"] - 1),
                             steps_per_block=s["overhead_steps_per_block"], device=args.device, log=log)
+    if part == "gradsync":
+        from . import grad_sync
+
+        return grad_sync.run(model_name=s["model"], r=s["r"], batch=s["gradsync_batch"], seq=s["gradsync_seq"],
+                             steps=s["gradsync_steps"], blocks=s["gradsync_blocks"],
+                             threads=args.threads or 1, log=log)
     from . import meta_table
 
     return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)

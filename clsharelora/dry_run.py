@@ -129,6 +129,10 @@ def dry_run(config: RunConfig) -> str:
         f"  global batch {t.global_batch} = per-process batch {t.batch_size} x {processes} process(es) x "
         f"{accumulation} accumulation",
         f"  accumulation on other process counts: {others}",
+        "engine: " + ("PyTorch DDP (training/engine.py): the base and adapter replicated per process, adapter "
+                      f"gradients all-reduced in buckets during backward, no_sync on {accumulation - 1} of "
+                      f"{accumulation} micro-steps" if processes > 1 else
+                      "one process (no gradient synchronisation); with several, PyTorch DDP"),
         f"stream {stream.name!r} ({len(stream.experiences)} experiences; steps = ceil(examples / {t.global_batch}) "
         f"x epochs, or max_steps):",
     ]

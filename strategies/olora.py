@@ -109,7 +109,7 @@ class OLoRAPlugin(SupervisedPlugin, supports_distributed=True):
         orth, l2 = self.penalty()
         total = self.lambda_1 * orth.to(strategy.device) + self.lambda_2 * l2.to(strategy.device)
         if total.requires_grad:
-            total.backward()   # adds to .grad before processes average and clip it
+            total.backward()   # adds to .grad after DDP averaged it (the same penalty on every rank), before clipping
         self.last_penalty = (float(orth.detach()), float(l2.detach()))
 
     # ------------------------------------------------------- state / saving

@@ -30,6 +30,7 @@ def test_dry_run_prints_batching_steps_and_the_matched_lora(capsys, monkeypatch)
     assert code == 0
     assert "global batch 16 = per-process batch 2 x 4 process(es) x 2 accumulation" in out
     assert "accumulation on other process counts: 1: 8, 2: 4, 8: 1" in out
+    assert "engine: PyTorch DDP" in out and "no_sync on 1 of 2 micro-steps" in out
     assert "(epochs=3; 70 examples, 15 steps)" in out and "(all; 7473 examples, 468 steps)" in out
     assert "matched to sharelora share_a r=64: LoRA rank 36, 89,948,160 vs 89,309,184 (residual +638,976, +0.72%)" \
         in out and "trainable parameters:  89,948,160  (closed form 89,948,160: OK)" in out

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from ..errors import ConfigError
+
 
 @dataclass
 class Dist:
@@ -25,13 +27,23 @@ class Dist:
 
     @classmethod
     def from_environment(cls, device: str = "auto") -> "Dist":
-        """Use accelerate's PartialState; `device`='cpu' forces CPU (gloo) even where GPUs exist."""
+        """Use accelerate's PartialState; `device`='cpu' forces CPU (gloo) even where GPUs exist. Under a
+        launcher each process takes its node's GPU `local_rank` (accelerate's device), on any number of nodes;
+        a pinned `cuda:N` is for one process only (several processes would share one GPU and each run alone)."""
+        import os
+
         from accelerate import PartialState
 
+        if device.startswith("cuda:"):
+            processes = int(os.environ.get("WORLD_SIZE") or 1)
+            if processes > 1:
+                raise ConfigError(f"device {device!r} pins one GPU, but the launch starts {processes} processes; "
+                                  f"allowed with several processes: auto | cuda | cpu (each process then takes "
+                                  f"the GPU of its local rank)")
+            return cls.single(device)
         state = PartialState(cpu=device == "cpu")
-        dev = state.device if device in ("auto", "cpu") else torch.device(device)
         return cls(rank=state.process_index, world_size=state.num_processes,
-                   local_rank=state.local_process_index, device=dev)
+                   local_rank=state.local_process_index, device=state.device)
 
     @property
     def is_main(self) -> bool:
@@ -44,16 +56,6 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             torch_dist.barrier()
-
-    def average_gradients(self, params) -> None:
-        """All-reduce (mean) every gradient once; shared tensors are listed once by the caller."""
-        if not self.active:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            torch_dist.all_reduce(p.grad, op=torch_dist.ReduceOp.SUM)
-            p.grad.div_(self.world_size)
 
     def all_reduce_sum(self, tensors) -> None:
         """Sum each tensor over all ranks, in place (identity on one process)."""

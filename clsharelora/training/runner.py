@@ -198,7 +198,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     then weights and adapter) before the run directory is created."""
     prep = prepare(config, resume=resume)
     cfg = prep.config
-    dist = Dist.from_environment(cfg.device) if cfg.device in ("auto", "cpu") else Dist.single(cfg.device)
+    dist = Dist.from_environment(cfg.device)   # rank, world size and this process's device (any number of nodes)
     device = dist.device
     run_dir = prep.run_dir
     # bf16 asked for on a CPU without native bf16 runs in fp32: warned here, recorded in results.json

@@ -12,6 +12,9 @@ What changes from SupervisedTemplate, and why:
   experience (ceil(examples / global_batch) per epoch) and the learning-rate schedule do not depend on the
   hardware; the seeded sampler gives optimizer step k the same global_batch examples on any number of
   processes (a plugin may replace it through `sampler_factory`, e.g. replay's fixed memory share);
+- on several processes the forward runs through PyTorch DDP (training/engine.py): bucketed all-reduce
+  overlapped with backward, `no_sync` on every accumulation micro-step but the last; `self.model` stays the
+  unwrapped peft model that plugins, scoring and checkpoints use;
 - gradient clipping, bf16 autocast, gradient checkpointing, and mid-experience resume (skip consumed batches).
 Plugins see the usual Avalanche callbacks; `before_update` fires once per optimizer step.
 """
@@ -31,6 +34,7 @@ from transformers import get_scheduler
 
 from .. import hardware
 from ..config import TrainConfig, accumulation_steps
+from . import engine
 from .distributed import Dist
 from ..benchmarks.tokenized import IGNORE_INDEX
 
@@ -82,6 +86,8 @@ class CausalLMTemplate(SupervisedTemplate):
         self.last_loss = float("nan")
         self.resume_position: dict | None = None   # set by the checkpoint plugin to continue mid-experience
         self._optimizer_exp = None
+        self.engine_model: torch.nn.Module | None = None   # the DDP wrapper while an experience trains
+        self._engine_synced = False                        # the first wrapper broadcast rank 0's weights
         if train_config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
@@ -148,13 +154,14 @@ class CausalLMTemplate(SupervisedTemplate):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def forward(self):
+        model = self.engine_model if self.engine_model is not None else self.model
         with self._autocast():
-            return self.model(input_ids=self.mbatch["input_ids"], attention_mask=self.mbatch["attention_mask"],
-                              labels=self.mbatch["labels"], num_items_in_batch=self._step_tokens)
+            return model(input_ids=self.mbatch["input_ids"], attention_mask=self.mbatch["attention_mask"],
+                         labels=self.mbatch["labels"], num_items_in_batch=self._step_tokens)
 
     def criterion(self):
         # The HF loss is sum(token NLL) / num_items_in_batch; gradients of all micro-batches and all ranks
-        # add up to the gradient of the mean over the whole optimizer step.
+        # add up to the gradient of the mean over the whole optimizer step (x world_size: DDP averages over ranks).
         return self.mb_output.loss * self.dist.world_size
 
     def step_token_mean(self, token_sum: torch.Tensor) -> torch.Tensor:
@@ -164,8 +171,8 @@ class CausalLMTemplate(SupervisedTemplate):
         return token_sum / self._step_tokens * self.dist.world_size
 
     def optimizer_step(self):
+        # the gradients are already averaged over processes: DDP reduced them in the last micro-step's backward
         params = trainable_parameters(self.model)
-        self.dist.average_gradients(params)
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         self.optimizer.step()
@@ -186,6 +193,8 @@ class CausalLMTemplate(SupervisedTemplate):
             self.exp_step = self.resume_position["exp_step"]
         bar = tqdm(total=self.steps_in_exp, initial=self.exp_step, desc=f"train exp {self.exp_index + 1}",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        self.engine_model = engine.data_parallel(self.model, self.dist, init_sync=not self._engine_synced)
+        self._engine_synced = True
         try:
             for self.exp_epoch in range(start_epoch, self.train_epochs):
                 if self.exp_step >= self.steps_in_exp:
@@ -199,6 +208,7 @@ class CausalLMTemplate(SupervisedTemplate):
                 self._after_training_epoch(**kwargs)
         finally:
             bar.close()
+            self.engine_model = None   # its reducer's hooks go with it; the next experience wraps afresh
         self.resume_position = None
 
     def training_epoch(self, bar=None, **kwargs):
@@ -223,13 +233,14 @@ class CausalLMTemplate(SupervisedTemplate):
                 self._unpack_minibatch()
                 self._before_training_iteration(**kwargs)
                 self.loss = self._make_empty_loss()
-                self._before_forward(**kwargs)
-                self.mb_output = self.forward()
-                self._after_forward(**kwargs)
-                self.loss += self.criterion()
-                self._before_backward(**kwargs)
-                self.backward()
-                self._after_backward(**kwargs)
+                with engine.no_sync(self.engine_model, sync=i == len(group) - 1):
+                    self._before_forward(**kwargs)
+                    self.mb_output = self.forward()
+                    self._after_forward(**kwargs)
+                    self.loss += self.criterion()
+                    self._before_backward(**kwargs)
+                    self.backward()
+                    self._after_backward(**kwargs)
                 step_loss += float(self.loss.detach()) / self.dist.world_size
                 self.exp_microbatch += 1
                 if i == len(group) - 1:
