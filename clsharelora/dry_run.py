@@ -121,6 +121,16 @@ def dry_run(config: RunConfig) -> str:
         f"  logits + grad (fp32):     {logits / GiB:8.2f} GiB",
         f"  total:                    {(weight_bytes + adapter_bytes + acts + logits) / GiB:8.2f} GiB",
     ]
+    layer_bytes = weight_bytes / hf_config.num_hidden_layers
+    rest = adapter_bytes + acts + logits
+    plan = []
+    for n in (1, 2, 4, 8, 16):
+        ddp = weight_bytes + rest
+        fsdp = weight_bytes / n + 2 * layer_bytes * (n > 1) + rest   # own shard + 2 gathered layers (prefetch)
+        plan.append(f"{n}: DDP {ddp / GiB:.1f} / FSDP {fsdp / GiB:.1f}")
+    lines += ["per-GPU GiB at N GPUs, DDP (base replicated) vs FSDP2 (base sharded per decoder layer, shared "
+              "ShareLoRA tensors whole in one unit; engine level, not yet selectable in runs, docs/scale.md):",
+              "  " + "; ".join(plan)]
     processes = planned_processes()
     accumulation = accumulation_steps(t, processes)  # an impossible split is a ConfigError here too
     others = ", ".join(f"{w}: {_accumulation(t, w)}" for w in (1, 2, 4, 8) if w != processes)

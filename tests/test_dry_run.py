@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from clsharelora.cli import main
 from clsharelora.dry_run import activation_bytes
 from clsharelora.models import configs
@@ -70,3 +72,21 @@ def test_dry_run_shows_what_the_length_policy_drops(capsys, tmp_path):
     assert f"  {expected.summary()}" in out
     assert main(["run", "--config", str(PROJECT_ROOT / "configs" / "llama2-7b.yaml"), "--dry-run"]) == 0
     assert "needs the tokenizer of meta-llama/Llama-2-7b-hf, which a dry run does not download" in capsys.readouterr().out
+
+
+def test_memory_plan_compares_ddp_and_fsdp_per_gpu(capsys):
+    """DDP keeps the whole base on every GPU; FSDP2 holds 1/N of it plus two gathered layers: equal at N=1,
+    smaller from N=2 on, and never below the part that is not sharded (adapter, activations, logits)."""
+    import re
+
+    assert main(["run", "--config", str(PROJECT_ROOT / "configs" / "llama2-7b.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    line = out.splitlines()[out.splitlines().index(next(x for x in out.splitlines() if x.startswith("per-GPU GiB"))) + 1]
+    plan = {int(n): (float(d), float(f)) for n, d, f in re.findall(r"(\d+): DDP ([\d.]+) / FSDP ([\d.]+)", line)}
+    assert sorted(plan) == [1, 2, 4, 8, 16]
+    assert len({d for d, _ in plan.values()}) == 1 and plan[1][0] == plan[1][1]
+    fsdp = [plan[n][1] for n in sorted(plan)]
+    assert all(a > b for a, b in zip(fsdp, fsdp[1:]))
+    weights = float(re.search(r"base weights \(bfloat16\):\s+([\d.]+) GiB", out).group(1))
+    # 2 -> 4 GPUs saves a quarter of the weights (the gathered layers and the rest are the same)
+    assert plan[2][1] - plan[4][1] == pytest.approx(weights / 4, abs=0.11)
