@@ -181,7 +181,7 @@ def test_nll_comes_from_the_zero_shot_letter_forward_and_equals_a_separate_pass(
         ev = cls(records=records, shots=shots, batch_size=4)
         separate = answer_nll(model, tok, ev.nll_pairs, batch_size=4)
         calls = []
-        monkeypatch.setattr(mc, "target_nlls", lambda *a, **k: calls.append(1))
+        monkeypatch.setattr(mc, "nll_items", lambda *a, **k: calls.append(1))
         score = ev.evaluate(model, tok, progress=False)
         monkeypatch.undo()
         assert not calls, "a one-token letter reference must not run a second NLL pass"

@@ -35,7 +35,7 @@ from ..prompts import context_for, gsm8k_cot_exemplars, prompt_for, random_shots
 from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
 from .items import Items
-from .nll import target_nlls
+from .nll import nll_items
 
 
 @dataclass(frozen=True)
@@ -162,10 +162,8 @@ class GSM8KEvaluator(Evaluator):
                                        batch_size=self.batch_size, progress=label("generate"),
                                        contexts=[self.contexts[i] for i in indices],
                                        skip_special_tokens=self.protocol.skip_special_tokens)
-            nll = target_nlls(model, tokenizer, [self.nll_pairs[i] for i in indices], batch_size=self.batch_size,
-                              progress=label("nll")) if indices else []
-        items: Items = {"nll_sum": np.array([s for s, _ in nll], dtype=float),
-                        "nll_tokens": np.array([c for _, c in nll], dtype=np.int64)}
+            items = nll_items(model, tokenizer, [self.nll_pairs[i] for i in indices], batch_size=self.batch_size,
+                              progress=label("nll"))
         if not self.with_generation or not indices:  # (an empty shard's fields are never merged)
             self.last_outputs = []
             return items

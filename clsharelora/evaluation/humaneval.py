@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 from . import generation
 from .base import Evaluator, TaskScore
 from .items import Items
-from .nll import target_nlls
+from .nll import nll_items
 from .passk import pass_at_k
 from .sandbox import run_many
 
@@ -151,10 +151,8 @@ class HumanEvalEvaluator(Evaluator):
         with generation.eval_context(model, autocast=self.autocast):
             if self.with_generation and indices:
                 completions = self._completions(model, tokenizer, label, indices)
-            nll = target_nlls(model, tokenizer, [self.nll_pairs[i] for i in indices], batch_size=self.batch_size,
-                              progress=label("nll")) if indices else []
-        items: Items = {"nll_sum": np.array([s for s, _ in nll], dtype=float),
-                        "nll_tokens": np.array([c for _, c in nll], dtype=np.int64)}
+            items = nll_items(model, tokenizer, [self.nll_pairs[i] for i in indices], batch_size=self.batch_size,
+                              progress=label("nll"))
         if not self.with_generation or not indices:  # (an empty shard's fields are never merged)
             self.last_outputs = []
             return items

@@ -32,7 +32,7 @@ from ..prompts import LETTERS, context_for, first_shots, prompt_for, target_for
 from .base import Evaluator, TaskScore
 from .generation import AUTOCAST_DEFAULT, eval_context, generate
 from .items import Items
-from .nll import encode_pair, letter_logprobs, letter_token_ids, target_nlls
+from .nll import encode_pair, letter_logprobs, letter_token_ids, nll_items
 
 COT_STOP = ("Question:",)       # lm-eval mmlu_pro's `until` (its HF backend adds EOS; generate() stops there)
 COT_MAX_NEW_TOKENS = 2048       # lm-eval mmlu_pro's max_gen_toks
@@ -172,22 +172,17 @@ class MultipleChoiceEvaluator(Evaluator):
                                             batch_size=self.batch_size, progress=label("nll letters"))
             if self._nll_is_gold_letter_logprob(tokenizer, indices):
                 gold = torch.tensor([LETTERS.index(r.answer) for r in records])
-                nll_sum = (-zero_shot.double().gather(1, gold[:, None]))[:, 0].numpy()
-                nll_tokens = np.ones(len(indices), dtype=np.int64)
+                items: Items = {"nll_sum": (-zero_shot.double().gather(1, gold[:, None]))[:, 0].numpy(),
+                                "nll_tokens": np.ones(len(indices), dtype=np.int64)}
             else:
-                nll = target_nlls(model, tokenizer, [self.nll_pairs[i] for i in indices],
+                items = nll_items(model, tokenizer, [self.nll_pairs[i] for i in indices],
                                   batch_size=self.batch_size, progress=label("nll"))
-                nll_sum = np.array([s for s, _ in nll], dtype=float)
-                nll_tokens = np.array([c for _, c in nll], dtype=np.int64)
         if self.mode == "letter":
             self.last_outputs = [{"id": r.id} for r in records]
         for out, p, r in zip(self.last_outputs, preds, records):
             out.update(pred=p, gold=r.answer)
-        items: Items = {
-            "nll_sum": nll_sum, "nll_tokens": nll_tokens,
-            "correct": np.array([p == r.answer for p, r in zip(preds, records)], dtype=float),
-            "nll_norm": np.array(option_normalised_nll(zero_shot, n_options, [r.answer for r in records])),
-        }
+        items["correct"] = np.array([p == r.answer for p, r in zip(preds, records)], dtype=float)
+        items["nll_norm"] = np.array(option_normalised_nll(zero_shot, n_options, [r.answer for r in records]))
         if self.mode == "cot":
             items["no_answer"] = np.array([p is None for p in preds], dtype=float)
         return items

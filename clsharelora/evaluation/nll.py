@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -56,6 +57,15 @@ def target_nlls(
         bar.update(len(batch))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+def nll_items(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8,
+              progress: str | None = None) -> dict[str, np.ndarray]:
+    """`target_nlls` as per-item result fields (clsharelora.evaluation.items): {"nll_sum", "nll_tokens"};
+    empty arrays for no pairs (an empty shard)."""
+    parts = target_nlls(model, tokenizer, pairs, batch_size=batch_size, progress=progress) if pairs else []
+    return {"nll_sum": np.array([s for s, _ in parts], dtype=float),
+            "nll_tokens": np.array([c for _, c in parts], dtype=np.int64)}
 
 
 def answer_nll(
