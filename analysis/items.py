@@ -174,10 +174,17 @@ def compare_pairs(pairs, reference: str, *, samples: int = BOOTSTRAP_SAMPLES) ->
     import pandas as pd
 
     rows = []
+    loaded: dict = {}   # a reference run is in one pair per strategy: read its items once
+
+    def load(run):
+        if run.path not in loaded:
+            loaded[run.path] = RunItems.load(run)
+        return loaded[run.path]
+
     for label, keys, run, ref in pairs:
         if not (run.complete and ref.complete) or ref.tasks != run.tasks:
             continue
-        a, b = RunItems.load(run), RunItems.load(ref)
+        a, b = load(run), load(ref)
         if a is None or b is None:
             continue
         base = {"label": label, "reference": reference, **keys}
