@@ -167,6 +167,42 @@ def verdicts(pairs: pd.DataFrame) -> list[str]:
     return out
 
 
+HEADLINE = "forgetting"   # the study's question: does a strategy forget less than the reference?
+
+
+def headline(pairs: pd.DataFrame, summary: pd.DataFrame, reference: str) -> list[str]:
+    """The answer to the study's question, one sentence per strategy and score: its forgetting against the
+    reference's, at what parameter cost, resolved or not, and (when not) the smallest difference the study
+    could have detected and the range its interval still allows."""
+    params = {(r["label"], r["score"]): r["trainable_params"] for _, r in summary.iterrows()}
+    plastic = {(r["label"], r["score"]): r for _, r in pairs[pairs["metric"] == "plasticity"].iterrows()}
+    out = []
+    for _, r in pairs[pairs["metric"] == HEADLINE].iterrows():
+        mine, ref = params.get((r["label"], r["score"]), math.nan), params.get((reference, r["score"]), math.nan)
+        cost = (f"{mine:,.0f} trainable parameters, {100 * mine / ref:.1f}% of {reference}'s {ref:,.0f}"
+                if ref and not (math.isnan(mine) or math.isnan(ref)) else "trainable parameters unknown")
+        head = (f"**{r['label']}** ({cost}): {r['score'].upper() if r['score'] == 'nll' else r['score']} "
+                f"forgetting minus {reference}'s = {r['mean_difference']:+.4f} (95% t CI {r['t_low']:+.4f}.."
+                f"{r['t_high']:+.4f}, bootstrap {r['boot_low']:+.4f}..{r['boot_high']:+.4f}, sign-flip p = "
+                f"{r['p_value']:.3g}, {r['pairs']} seed x order pairs)")
+        if r["mean_difference"] == 0 and r["t_low"] == r["t_high"] == 0:
+            out.append(f"{head}: identical in every pair.")
+        elif r["resolved"]:
+            word = "less" if r["mean_difference"] < 0 else "more"
+            out.append(f"{head}: **resolved, it forgets {word}** than {reference}.")
+        else:
+            mde = "∞" if math.isinf(r["mde"]) else f"{r['mde']:.4f}"
+            out.append(f"{head}: not resolved. At this size the study detects (80% power) a difference of "
+                       f"{mde} or more; the interval allows anything from {r['t_low']:+.4f} to {r['t_high']:+.4f}.")
+        p = plastic.get((r["label"], r["score"]))
+        if p is not None:   # forgetting less by learning less is no win (Biderman et al. 2024)
+            learns = ("it learns less" if p["mean_difference"] < 0 else "it learns more") if p["resolved"] else "not resolved"
+            out[-1] += (f" Plasticity (how much each task improved when trained) minus {reference}'s = "
+                        f"{p['mean_difference']:+.4f} (95% t CI {p['t_low']:+.4f}..{p['t_high']:+.4f}, p = "
+                        f"{p['p_value']:.3g}): {learns}.")
+    return out
+
+
 def plot_task_curves(cells: Sequence[Cell], score: str, out: Path) -> Path:
     """Per task: its score after 0, 1, 2, ... later experiences (aligned by task name across orders),
     mean over cells per strategy with a 95% t band."""
@@ -224,8 +260,8 @@ def plot_params_vs_forgetting(summary: pd.DataFrame, score: str, out: Path) -> P
 
 
 def _timing(root: Path) -> str:
-    """How long the study took: timing.json's sessions (written by `clsharelora study`), or else the span of
-    the study directory's file times (grid.json written at the start, status.tsv after the last cell)."""
+    """How long the study took: timing.json's sessions (written by `clsharelora study`). File times are no
+    substitute: a resumed study rewrites grid.json, so their span can even come out negative."""
     status = root / "status.tsv"
     cell_s = 0.0
     if status.is_file():
@@ -243,11 +279,7 @@ def _timing(root: Path) -> str:
                 f"{last['cpu']}){cells} (timing.json, status.tsv).")
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         pass
-    if (root / "grid.json").is_file() and status.is_file():
-        span = status.stat().st_mtime - (root / "grid.json").stat().st_mtime
-        return (f"Wall time: {span / 60:.1f} min from the study directory's file times (grid.json to the last "
-                f"status.tsv write; this study predates timing.json){cells}.")
-    return "Wall time: unknown (no timing.json or status.tsv)."
+    return f"Wall time: not recorded (no readable timing.json){cells}."
 
 
 def item_pairs(cells: Sequence[Cell], reference: str) -> pd.DataFrame:
@@ -286,6 +318,16 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
               + ". Orders: " + "; ".join(f"{k}: {' → '.join(o)}" for k, o in enumerate(grid["orders"])) + ".")
     page.para(_timing(root))
     page.heading(2, "Answer")
+    page.para(f"The question: does a strategy forget less than {reference}, and at what parameter cost? Forgetting "
+              "of a task is how far its score fell from its best value over the earlier experiences to the end of the "
+              "stream, averaged "
+              "over the tasks learned before the last; positive is worse for both scores (for NLL, lower is "
+              "better, so forgetting is the rise in NLL). A difference below zero means less forgetting than "
+              f"{reference}. Pairs are cells with the same seed and task order; a difference is resolved when the "
+              "t and bootstrap intervals exclude zero and the sign-flip test gives p < 0.05.")
+    for sentence in headline(pairs, summary, reference):
+        page.para(sentence)
+    page.heading(3, "Every paired comparison in words")
     for sentence in verdicts(pairs):
         page.para(sentence)
     page.heading(2, "Strategies (mean and 95% t interval over cells)")

@@ -76,6 +76,12 @@ def test_paired_verdict_resolves_a_real_difference_and_not_noise(tmp_path):
     text = " ".join(study.verdicts(pairs))
     assert "**Resolved**: share vs lora, forgetting (accuracy)" in text and "better" in text
     assert "Not resolved: twin vs lora, forgetting (accuracy)" in text
+    answer = study.headline(pairs, study.strategy_summary(study.cell_table(cells)), "lora")
+    share = next(s for s in answer if s.startswith("**share**") and "accuracy forgetting" in s)
+    twin = next(s for s in answer if s.startswith("**twin**") and "accuracy forgetting" in s)
+    assert "500 trainable parameters, 50.0% of lora's 1,000" in share
+    assert "**resolved, it forgets less** than lora" in share
+    assert "not resolved. At this size the study detects (80% power) a difference of" in twin
 
 
 def test_study_report_writes_tables_figures_and_lists_missing_cells(tmp_path):
