@@ -104,42 +104,59 @@ def bare_block(model, dataset, pad: int, batch: int, steps: int, device) -> tupl
     return ends, time.perf_counter() - start
 
 
-def run(*, model_name: str, r: int, batch: int, seq: int, reps: int, steps_per_block: int, device: str | None,
-        log=print) -> dict[str, Any]:
-    """Alternate strategy and bare blocks until each has `reps` step samples; ratios and target check."""
+def prepare(*, model_name: str, r: int, batch: int, seq: int, reps: int, steps_per_block: int, device: str | None):
+    """What both paired-block parts (this one and lwf_cost.py) time: a LoRA model, `steps_per_block` batches
+    of examples, the pad id, the device, and how many blocks give each loop `reps` step samples."""
     from clsharelora.evaluation.generation import pad_id
     from clsharelora.models import load_tokenizer
 
     if steps_per_block < 2:
         raise ValueError("steps_per_block must be >= 2 (the first step of a block is not a sample)")
     dev = pick_device(device)
-    blocks = math.ceil(reps / (steps_per_block - 1))
-    log(f"[overhead] {model_name} LoRA r={r} on {dev}: batch {batch} x {seq}, {blocks} alternating blocks of "
-        f"{steps_per_block} steps per loop")
     model, _ = build(model_name, "lora", r, dev)
     dataset = _dataset(make_batches(model_name, batch=batch, seq=seq, n_batches=steps_per_block, device="cpu"))
-    pad = pad_id(load_tokenizer(model_name))
-    samples = {"strategy": [], "bare": []}
-    walls = {"strategy": [], "bare": []}
-    block_ratios = []
+    return model, dataset, pad_id(load_tokenizer(model_name)), dev, math.ceil(reps / (steps_per_block - 1))
+
+
+def alternate(blocks: int, steps_per_block: int, loops: dict) -> dict[str, Any]:
+    """Run each of the two `loops` (name -> () -> (step end times, wall)) in turn, `blocks` times. Returns
+    per loop its step samples and amortised steps, and per block the ratio of the first loop's median step
+    to the second's (paired: drift between blocks cancels)."""
+    first, second = loops
+    samples: dict[str, list[float]] = {name: [] for name in loops}
+    walls: dict[str, list[float]] = {name: [] for name in loops}
+    ratios = []
     for _ in range(blocks):
-        block_median = {}
-        for name, fn in (("strategy", strategy_block), ("bare", bare_block)):
-            ends, wall = fn(model, dataset, pad, batch, steps_per_block, dev)
+        medians = {}
+        for name, loop in loops.items():
+            ends, wall = loop()
             if len(ends) != steps_per_block:
                 raise RuntimeError(f"{name} loop ran {len(ends)} optimizer steps, expected {steps_per_block}")
             steps = [b - a for a, b in zip(ends, ends[1:])]
             samples[name] += steps
-            block_median[name] = summarize(steps)["median"]
+            medians[name] = summarize(steps)["median"]
             walls[name].append(wall / steps_per_block)
-        block_ratios.append(block_median["strategy"] / block_median["bare"])
+        ratios.append(medians[first] / medians[second])
+    return {"samples": samples, "walls": walls, "block_ratios": ratios}
+
+
+def run(*, model_name: str, r: int, batch: int, seq: int, reps: int, steps_per_block: int, device: str | None,
+        log=print) -> dict[str, Any]:
+    """Alternate strategy and bare blocks until each has `reps` step samples; ratios and target check."""
+    model, dataset, pad, dev, blocks = prepare(model_name=model_name, r=r, batch=batch, seq=seq, reps=reps,
+                                               steps_per_block=steps_per_block, device=device)
+    log(f"[overhead] {model_name} LoRA r={r} on {dev}: batch {batch} x {seq}, {blocks} alternating blocks of "
+        f"{steps_per_block} steps per loop")
+    timed = alternate(blocks, steps_per_block, {
+        "strategy": lambda: strategy_block(model, dataset, pad, batch, steps_per_block, dev),
+        "bare": lambda: bare_block(model, dataset, pad, batch, steps_per_block, dev)})
+    samples, walls = timed["samples"], timed["walls"]
     strategy, bare = summarize(samples["strategy"]), summarize(samples["bare"])
-    # Paired: each strategy block against the bare block right after it, so drift between blocks cancels.
-    ratio = summarize(block_ratios)["median"]
+    ratio = summarize(timed["block_ratios"])["median"]
     amortised = summarize(walls["strategy"])["median"] / summarize(walls["bare"])["median"]
     return {"model": model_name, "device": str(dev), "adapter": f"lora r={r}", "batch": batch, "seq": seq,
             "bf16_autocast": bf16_used(dev), "steps_per_block": steps_per_block, "blocks": blocks,
-            "strategy_step": strategy, "bare_step": bare, "ratio": ratio, "block_ratios": block_ratios,
+            "strategy_step": strategy, "bare_step": bare, "ratio": ratio, "block_ratios": timed["block_ratios"],
             "unpaired_ratio": strategy["median"] / bare["median"],
             "strategy_amortised_step": summarize(walls["strategy"]), "bare_amortised_step": summarize(walls["bare"]),
             "amortised_ratio": amortised, "target": TARGET, "target_met": ratio <= TARGET}
