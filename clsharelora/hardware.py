@@ -156,6 +156,13 @@ def affinity_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def usable_cpus(root: str | Path = "/", affinity: int | None = None) -> int:
+    """CPUs this process may keep busy: its affinity mask, capped by the cgroup CPU quota (floored, >= 1)."""
+    affinity = affinity_cpus() if affinity is None else affinity
+    limit = cgroup_cpu_limit(root)
+    return max(1, min(affinity, math.floor(limit.cpus))) if limit else affinity
+
+
 def choose_cpu_threads(env: Mapping[str, str] | None = None, root: str | Path = "/",
                        affinity: int | None = None) -> ThreadChoice:
     """Threads for torch/OpenMP: OMP_NUM_THREADS when the user set it, else min(affinity, floor(quota)) //

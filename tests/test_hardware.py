@@ -77,6 +77,8 @@ def test_v1_quota_on_random_inputs_matches_the_closed_form(tmp_path, trial):
     root = fake_v1(tmp_path, quota, period, path=f"/batch/job{rng.randint(1, 99)}")
     choice = hardware.choose_cpu_threads(env={}, root=root, affinity=affinity)
     assert choice.threads == closed_form(affinity, quota, period), seed
+    # what `study --jobs` / `compare --jobs` split between their runs: the same closed form
+    assert hardware.usable_cpus(root, affinity) == closed_form(affinity, quota, period), seed
     if quota > 0:
         assert choice.quota_cpus == pytest.approx(quota / period), seed
     else:
@@ -93,6 +95,7 @@ def test_v2_quota_on_random_inputs_matches_the_closed_form(tmp_path, trial):
     root = fake_v2(tmp_path, f"{'max' if quota < 0 else quota} {period}")
     choice = hardware.choose_cpu_threads(env={}, root=root, affinity=affinity)
     assert choice.threads == closed_form(affinity, quota, period), seed
+    assert hardware.usable_cpus(root, affinity) == closed_form(affinity, quota, period), seed
 
 
 def test_v1_quota_of_two_cpus_on_eight_allowed_gives_two(tmp_path):

@@ -17,28 +17,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .. import atomic
-from ..hardware import read_cpuinfo
 from ..errors import UserError
+from ..hardware import read_cpuinfo, usable_cpus
+from ..training.run_pool import RunJob, run_pool, split_cpus
 from .grid import Cell, Study, dump, label_dir, load_study
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (its affinity mask), not the machine's core count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cell_paths(root: Path, cell: Cell) -> dict[str, Path]:
@@ -119,26 +108,14 @@ class SessionLog:
                                       "wall_s": round(sum(float(s.get("wall_s") or 0.0) for s in sessions), 1)})
 
 
-def _run_cell(root: Path, cell: Cell, threads: int) -> tuple[int, float]:
+def cell_job(root: Path, cell: Cell) -> RunJob:
     paths = cell_paths(root, cell)
-    resume = cell_state(paths["run"]) == "partial"
-    env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}}
-    command = [sys.executable, "-m", "clsharelora.cli", "run", "--config", str(paths["config"]), "--no-progress"]
-    if resume:
-        command.append("--resume")
-    paths["log"].parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(paths["log"], "a") as log:
-        log.write(f"$ {' '.join(command)}  ({threads} thread(s))\n")
-        log.flush()
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL).returncode
-    return code, round(time.perf_counter() - start, 1)
+    return RunJob(cell.key, paths["config"], paths["run"], paths["log"])
 
 
 def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool = False, progress: bool = True) -> int:
     """Run every cell not yet done; returns 0 when all cells are done, 1 when some failed."""
-    if not isinstance(jobs, int) or jobs < 1:
-        raise UserError(f"--jobs must be a positive integer, got {jobs!r}")
+    jobs, threads = split_cpus(jobs)     # validates --jobs before anything is written
     study = load_study(path)
     root = Path(out)
     _prepare_dir(study, root, resume)
@@ -149,40 +126,30 @@ def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool 
         raise UserError(f"study dir {root} is in use by another `clsharelora study` process") from None
     lock.write(str(os.getpid()))
     lock.flush()
-    cpus = available_cpus()
-    jobs = min(jobs, cpus)   # more cells than CPUs would oversubscribe: each step 10-20x slower
-    threads = max(1, cpus // jobs)
+    cpus = usable_cpus()
     todo = [c for c in study.cells if cell_state(cell_paths(root, c)["run"]) != "done"]
     seconds: dict[str, float] = {}
     failed: dict[str, str] = {}
     bar = tqdm(total=len(study.cells), initial=len(study.cells) - len(todo), desc=f"study {study.name}",
                unit="cell", disable=not progress, dynamic_ncols=True)
     print(f"study {study.name}: {len(study.cells)} cells ({len(todo)} to run), {jobs} at a time x {threads} "
-          f"thread(s) of {cpus} CPU(s) -> {root}", file=sys.stderr, flush=True)
-    running: set[str] = set()
+          f"thread(s) of {cpus} usable CPU(s) -> {root}", file=sys.stderr, flush=True)
     timing = SessionLog(root, {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells_to_run": len(todo),
                             "jobs": jobs, "threads_per_cell": threads, "cpus": cpus,
                             "cpu": read_cpuinfo()[0] or "unknown"})
+
+    def done(job: RunJob, code: int, took: float) -> None:
+        seconds[job.key] = took
+        if code != 0 or cell_state(job.run_dir) != "done":
+            failed[job.key] = f"failed (exit {code}, see {job.log})"
+        _write_status(root, study, seconds, failed)
+        timing.update(len(seconds))
+        bar.update(1)
+
     try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {}
-            for cell in todo:
-                futures[pool.submit(_run_cell, root, cell, threads)] = cell
-            running.update(c.key for c in todo[:jobs])
-            bar.set_postfix_str(", ".join(sorted(running))[:80])
-            for future in as_completed(futures):
-                cell = futures[future]
-                code, took = future.result()
-                seconds[cell.key] = took
-                if code != 0 or cell_state(cell_paths(root, cell)["run"]) != "done":
-                    failed[cell.key] = f"failed (exit {code}, see {cell_paths(root, cell)['log']})"
-                running.discard(cell.key)
-                started = [c.key for c in todo if c.key not in seconds][: max(0, jobs - len(running))]
-                running.update(started)
-                _write_status(root, study, seconds, failed)
-                timing.update(len(seconds))
-                bar.update(1)
-                bar.set_postfix_str(", ".join(sorted(running))[:80])
+        run_pool([cell_job(root, c) for c in todo], jobs=jobs, threads=threads,
+                 resume=lambda job: cell_state(job.run_dir) == "partial",
+                 on_start=lambda running: bar.set_postfix_str(", ".join(sorted(running))[:80]), on_done=done)
     finally:
         bar.close()
         _write_status(root, study, seconds, failed)
