@@ -16,7 +16,7 @@ LLAMA_NAME = $(basename $(notdir $(CONFIG)))
 RUNS ?= runs/demo/*
 OUT ?= reports/demo
 
-.PHONY: install test test-slow demo study stream-llama2 report bench bench-smoke clean
+.PHONY: install test test-slow demo study baselines stream-llama2 report bench bench-smoke clean
 
 install: $(STAMP)
 
@@ -48,6 +48,14 @@ study: install
 	$(CLI) study --config configs/study-cpu.yaml --out runs/study-cpu --jobs 2 --resume
 	$(CLI) report runs/study-cpu --out docs/results/cpu-study --doc docs/results/cpu-study.md --command "make study" \
 		--title "CPU study: does ShareLoRA forget less than LoRA? (SmolLM2-135M, 2 CPU cores)" --reference lora
+
+# The CL baselines side by side on the demo stream (docs/results/baselines-demo.md, docs/baselines.md):
+# LoRA, ShareA, each with O-LoRA, LoRA + LwF, and joint training as the upper bound; 2 runs at a time.
+BASELINES := lora,sharelora:share_a,lora+olora,sharelora:share_a+olora,lora+lwf,lora+joint
+baselines: install
+	$(CLI) compare --config configs/demo.yaml --strategies $(BASELINES) --out runs/baselines-demo --jobs 2 --resume
+	$(CLI) report runs/baselines-demo/* --out docs/results/baselines-demo --doc docs/results/baselines-demo.md \
+		--command "make baselines" --title "CL baselines on the demo stream (SmolLM2-135M, 2 CPU cores)"
 
 # The paper stream on Llama-2-7B, LoRA vs ShareLoRA, on every visible GPU. DRY_RUN=1: meta device only.
 # CONFIG=configs/llama2-7b-authors.yaml: the authors' setup (docs/sharelora.md).

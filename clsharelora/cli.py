@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma list of ADAPTER[:VARIANT][+CL], e.g. lora,sharelora:share_a,lora+replay")
     compare.add_argument("--out", required=True, help="parent directory; one run directory per strategy")
     compare.add_argument("--resume", action="store_true", help="resume runs that exist, start the others")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="strategies run at once, each in its own process with the CPUs split between them "
+                              "(logs in OUT/.compare/); default 1: one after the other in this process")
 
     study = sub.add_parser("study", help="a grid of strategies x seeds x task orders, resumable (docs/studies.md)")
     study.add_argument("--config", required=True, help="study YAML (configs/study-*.yaml)")
@@ -185,12 +188,60 @@ def _cmd_compare(args) -> int:
     def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
         return args.resume and holds_run(Path(config.out))
 
+    if args.jobs != 1:
+        from .training.run_pool import split_cpus
+
+        split_cpus(args.jobs)     # a bad --jobs is refused before anything is written
     for config in configs:  # validate every run before starting the first
         prepare(config, resume=resume(config))
+    if args.jobs == 1:
+        for config in configs:
+            run_dir = run(config, resume=resume(config), progress=not args.no_progress)
+            print(f"results: {run_dir / 'results.json'}")
+        return 0
+    return _compare_in_processes(configs, Path(args.out), args.jobs, resume, progress=not args.no_progress)
+
+
+def _compare_in_processes(configs, out: Path, jobs: int, resume, *, progress: bool) -> int:
+    """`compare --jobs N`: every strategy a `clsharelora run --config` child (the pool `study` uses), its
+    resolved config and log under OUT/.compare/ (hidden, so `report OUT/*` sees only run directories)."""
+    import dataclasses
+
+    import yaml
+    from tqdm.auto import tqdm
+
+    from . import atomic
+    from .training.run_pool import RunJob, run_pool, split_cpus
+
+    jobs, threads = split_cpus(jobs)
+    side = out / ".compare"
+    todo = []
     for config in configs:
-        run_dir = run(config, resume=resume(config), progress=not args.no_progress)
-        print(f"results: {run_dir / 'results.json'}")
-    return 0
+        config = dataclasses.replace(config, out=str(Path(config.out).resolve()))
+        path = side / f"{Path(config.out).name}.yaml"
+        atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        todo.append(RunJob(Path(config.out).name, path, Path(config.out), side / f"{Path(config.out).name}.log"))
+    by_dir = {job.run_dir: config for job, config in zip(todo, configs)}
+    bar = tqdm(total=len(todo), desc="compare", unit="run", disable=not progress, dynamic_ncols=True)
+    print(f"compare: {len(todo)} runs, {jobs} at a time x {threads} thread(s); logs in {side}", file=sys.stderr,
+          flush=True)
+    failed = []
+
+    def done(job, code, seconds):
+        bar.update(1)
+        if code != 0:
+            failed.append(f"error: run {job.key} failed (exit {code}, see {job.log})")
+        else:
+            print(f"results: {job.run_dir / 'results.json'} ({seconds:.0f} s)", flush=True)
+
+    try:
+        run_pool(todo, jobs=jobs, threads=threads, resume=lambda job: resume(by_dir[job.run_dir]),
+                 on_start=lambda running: bar.set_postfix_str(", ".join(running)[:80]), on_done=done)
+    finally:
+        bar.close()
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_study(args) -> int:

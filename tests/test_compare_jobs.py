@@ -1,0 +1,75 @@
+"""`compare --jobs 2`: every strategy in its own process (the pool `study --jobs` uses), the same results as
+one after the other in one process, logs kept out of the way of `report OUT/*`, a bad --jobs refused early."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from clsharelora.cli import main
+from clsharelora.paths import PROJECT_ROOT
+
+STREAM = """name: tiny
+experiences:
+  - name: gsm8k
+    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 2, max_length: 256}
+    eval: {task: gsm8k, n: 2, shots: 0, max_new_tokens: 4}
+  - name: mmlu
+    train: {benchmark: mmlu, split: dev, n: 4, max_steps: 2, max_length: 256}
+    eval: {task: mmlu, n: 3, shots: 0}
+"""
+CONFIG = """model: tiny-llama
+stream: {stream}
+adapter: {{name: sharelora, variant: share_a, r: 2}}
+train: {{batch_size: 2, max_length: 256}}
+eval: {{batch_size: 2}}
+loggers: ""
+"""
+
+
+def matrices(out):
+    return {d.name: json.loads((d / "results.json").read_text())["matrices"] for d in sorted(out.iterdir())
+            if not d.name.startswith(".")}
+
+
+def test_jobs_2_equals_jobs_1_and_keeps_its_logs_hidden(tmp_path):
+    (tmp_path / "stream.yaml").write_text(STREAM)
+    (tmp_path / "c.yaml").write_text(CONFIG.format(stream=tmp_path / "stream.yaml"))
+    cli = [sys.executable, "-m", "clsharelora.cli", "compare", "--config", str(tmp_path / "c.yaml"),
+           "--strategies", "lora,sharelora:share_ab+replay", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(cli + ["--out", str(tmp_path / "j2"), "--jobs", "2"], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("results: ") == 2
+    one = subprocess.run(cli + ["--out", str(tmp_path / "j1")], env=env, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr
+    a, b = matrices(tmp_path / "j2"), matrices(tmp_path / "j1")
+    assert sorted(a) == ["lora", "sharelora-share_ab-replay"] and a.keys() == b.keys()
+    for run in a:
+        for score in a[run]:
+            np.testing.assert_allclose(np.array(a[run][score]), np.array(b[run][score]), rtol=1e-4, atol=1e-6)
+    side = tmp_path / "j2" / ".compare"
+    assert {p.name for p in side.iterdir()} == {"lora.yaml", "lora.log", "sharelora-share_ab-replay.yaml",
+                                                "sharelora-share_ab-replay.log"}
+    # run again with --resume: both runs are complete, so each child resumes and changes nothing
+    again = subprocess.run(cli + ["--out", str(tmp_path / "j2"), "--jobs", "2", "--resume"], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert matrices(tmp_path / "j2") == a
+    runs = [str(p) for p in sorted((tmp_path / "j2").iterdir()) if not p.name.startswith(".")]  # the shell's OUT/*
+    assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
+
+
+def test_a_bad_jobs_value_is_one_error_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "stream.yaml").write_text(STREAM)
+    (tmp_path / "c.yaml").write_text(CONFIG.format(stream=tmp_path / "stream.yaml"))
+    code = main(["compare", "--config", str(tmp_path / "c.yaml"), "--strategies", "lora", "--jobs", "0",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --jobs must be a positive integer, got 0"), err
+    assert not (tmp_path / "out").exists()
