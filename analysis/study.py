@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -307,6 +308,9 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
     if len(items):
         items.to_csv(out / "item_level.csv", index=False)
     table.to_csv(out / "cells.csv", index=False)
+    for name in ("grid.json", "status.tsv", "timing.json"):   # the study's own record, kept beside its summary
+        if (root / name).is_file():
+            shutil.copyfile(root / name, out / name)
     tasks.to_csv(out / "per_task.csv", index=False)
     summary.to_csv(out / "strategies.csv", index=False)
     pairs.to_csv(out / "paired.csv", index=False)
