@@ -283,6 +283,30 @@ def _timing(root: Path) -> str:
     return f"Wall time: not recorded (no readable timing.json){cells}."
 
 
+def setup_lines(root: Path, grid: dict) -> list[str]:
+    """What each cell trained on and how each task was scored, read from the study's own stream file
+    (streams/order0.yaml), so the doc says e.g. that generation tasks were scored by NLL only."""
+    import yaml
+
+    try:
+        stream = yaml.safe_load((root / "streams" / "order0.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    lines = [f"Setup ({grid.get('description') or stream.get('description', '')}); per experience, from the "
+             "study's stream file:"]
+    for e in stream.get("experiences", []):
+        t, ev = e.get("train", {}), e.get("eval", {})
+        if ev.get("generate") is False:
+            how = "NLL of the reference answers only (`generate: false`: no generation, no accuracy)"
+        elif ev.get("task") in ("mmlu", "mmlu_pro"):
+            how = f"{ev.get('shots', 5)}-shot letter log-likelihood (accuracy and NLL of the gold letter)"
+        else:
+            how = f"greedy generation, up to {ev.get('max_new_tokens', 'the default')} new tokens (accuracy), and NLL"
+        lines.append(f"- {e['name']}: trains on {t.get('benchmark')} {t.get('split')} (n = {t.get('n', 'all')}, "
+                     f"{t.get('max_steps', 'all')} steps); scored on {ev.get('task')} (n = {ev.get('n', 'all')}) by {how}.")
+    return lines
+
+
 def item_pairs(cells: Sequence[Cell], reference: str) -> pd.DataFrame:
     """`analysis.items.compare_pairs` on the study's pairs (same seed and order) against `reference`."""
     ref = {(c.seed, c.order): c.run for c in cells if c.label == reference}
@@ -321,6 +345,10 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
               + (f", {len(missing)} missing or incomplete (left out): {', '.join(missing)}" if missing else "")
               + ". Orders: " + "; ".join(f"{k}: {' → '.join(o)}" for k, o in enumerate(grid["orders"])) + ".")
     page.para(_timing(root))
+    setup = setup_lines(root, grid)
+    if setup:
+        page.para(setup[0])
+        page.para("\n".join(setup[1:]))
     page.heading(2, "Answer")
     page.para(f"The question: does a strategy forget less than {reference}, and at what parameter cost? Forgetting "
               "of a task is how far its score fell from its best value over the earlier experiences to the end of the "
