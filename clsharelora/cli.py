@@ -191,7 +191,7 @@ def _cmd_compare(args) -> int:
     if args.jobs != 1:
         from .training.run_pool import split_cpus
 
-        split_cpus(args.jobs)     # a bad --jobs is refused before anything is written
+        jobs, threads = split_cpus(args.jobs)     # a bad --jobs is refused before anything is written
     for config in configs:  # validate every run before starting the first
         prepare(config, resume=resume(config))
     if args.jobs == 1:
@@ -199,10 +199,10 @@ def _cmd_compare(args) -> int:
             run_dir = run(config, resume=resume(config), progress=not args.no_progress)
             print(f"results: {run_dir / 'results.json'}")
         return 0
-    return _compare_in_processes(configs, Path(args.out), args.jobs, resume, progress=not args.no_progress)
+    return _compare_in_processes(configs, Path(args.out), jobs, threads, resume, progress=not args.no_progress)
 
 
-def _compare_in_processes(configs, out: Path, jobs: int, resume, *, progress: bool) -> int:
+def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *, progress: bool) -> int:
     """`compare --jobs N`: every strategy a `clsharelora run --config` child (the pool `study` uses), its
     resolved config and log under OUT/.compare/ (hidden, so `report OUT/*` sees only run directories)."""
     import dataclasses
@@ -211,9 +211,8 @@ def _compare_in_processes(configs, out: Path, jobs: int, resume, *, progress: bo
     from tqdm.auto import tqdm
 
     from . import atomic
-    from .training.run_pool import RunJob, run_pool, split_cpus
+    from .training.run_pool import RunJob, run_pool
 
-    jobs, threads = split_cpus(jobs)
     side = out / ".compare"
     todo = []
     for config in configs:

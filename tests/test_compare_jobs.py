@@ -12,16 +12,8 @@ import numpy as np
 
 from clsharelora.cli import main
 from clsharelora.paths import PROJECT_ROOT
+from test_study_runner import STREAM   # the same tiny two-task stream
 
-STREAM = """name: tiny
-experiences:
-  - name: gsm8k
-    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 2, max_length: 256}
-    eval: {task: gsm8k, n: 2, shots: 0, max_new_tokens: 4}
-  - name: mmlu
-    train: {benchmark: mmlu, split: dev, n: 4, max_steps: 2, max_length: 256}
-    eval: {task: mmlu, n: 3, shots: 0}
-"""
 CONFIG = """model: tiny-llama
 stream: {stream}
 adapter: {{name: sharelora, variant: share_a, r: 2}}
