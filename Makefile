@@ -38,9 +38,11 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 # LoRA vs ShareLoRA on the demo stream with the embedded SmolLM2-135M, then the report.
-# Re-running resumes/keeps finished runs; `make clean` starts over.
+# The runs go side by side (DEMO_JOBS processes, the usable CPUs split among them; DEMO_JOBS=1: one after
+# the other with every CPU). Re-running resumes/keeps finished runs; `make clean` starts over.
+DEMO_JOBS ?= 2
 demo: install
-	$(CLI) compare --config configs/demo.yaml --strategies $(STRATEGIES) --out runs/demo --resume
+	$(CLI) compare --config configs/demo.yaml --strategies $(STRATEGIES) --out runs/demo --jobs $(DEMO_JOBS) --resume
 	$(CLI) report runs/demo/* --out reports/demo --title "LoRA vs ShareLoRA, demo stream, SmolLM2-135M"
 
 # The committed CPU-scale study (docs/results/cpu-study.md): 30 cells, 2 at a time; resumes where it stopped.

@@ -211,6 +211,8 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
     from tqdm.auto import tqdm
 
     from . import atomic
+    from .benchmarks.stream import load_stream
+    from .training.results import scored_rows
     from .training.run_pool import RunJob, run_pool
 
     side = out / ".compare"
@@ -221,13 +223,22 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
         atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
         todo.append(RunJob(Path(config.out).name, path, Path(config.out), side / f"{Path(config.out).name}.log"))
     by_dir = {job.run_dir: config for job, config in zip(todo, configs)}
-    bar = tqdm(total=len(todo), desc="compare", unit="run", disable=not progress, dynamic_ncols=True)
+    rows = {job.run_dir: len(load_stream(config.stream).experiences) + 1 for job, config in zip(todo, configs)}
+    # One bar over the score rows of every run (before training + after each experience), read from each
+    # run's results.json as it goes: a bar over whole runs would sit at 0 for the first quarter hour.
+    bar = tqdm(total=sum(rows.values()), desc="compare", unit="row", disable=not progress, dynamic_ncols=True)
     print(f"compare: {len(todo)} runs, {jobs} at a time x {threads} thread(s); logs in {side}", file=sys.stderr,
           flush=True)
     failed = []
+    finished: set[Path] = set()
+
+    def tick():
+        scored = sum(rows[d] if d in finished else min(rows[d], scored_rows(d)) for d in rows)
+        bar.update(scored - bar.n)
 
     def done(job, code, seconds):
-        bar.update(1)
+        finished.add(job.run_dir)
+        tick()
         if code != 0:
             failed.append(f"error: run {job.key} failed (exit {code}, see {job.log})")
         else:
@@ -235,7 +246,7 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
 
     try:
         run_pool(todo, jobs=jobs, threads=threads, resume=lambda job: resume(by_dir[job.run_dir]),
-                 on_start=lambda running: bar.set_postfix_str(", ".join(running)[:80]), on_done=done)
+                 on_start=lambda running: bar.set_postfix_str(", ".join(running)[:80]), on_done=done, on_tick=tick)
     finally:
         bar.close()
     for line in failed:

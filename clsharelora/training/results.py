@@ -104,6 +104,15 @@ class ResultsStore:
             raise UserError(f"{path}: cannot read results ({exc})") from None
 
 
+def scored_rows(run_dir: str | Path) -> int:
+    """How many score rows a run has written so far (0 while it has none or its file is mid-replace):
+    for a progress bar that follows a run in another process."""
+    try:
+        return len(json.loads((Path(run_dir) / "results.json").read_text()).get("scores", []))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 ITEMS_DIR = "items"
 
 

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -59,20 +59,26 @@ def run_one(job: RunJob, threads: int, resume: bool) -> tuple[int, float]:
 
 def run_pool(todo: Sequence[RunJob], *, jobs: int, threads: int, resume: Callable[[RunJob], bool],
              on_start: Callable[[list[str]], None] = lambda running: None,
-             on_done: Callable[[RunJob, int, float], None] = lambda job, code, seconds: None) -> dict[str, int]:
-    """Run every job, `jobs` at a time; `on_start(running keys)` whenever the running set changes and
-    `on_done(job, exit code, seconds)` after each finishes (in the caller's thread). Returns exit codes."""
+             on_done: Callable[[RunJob, int, float], None] = lambda job, code, seconds: None,
+             on_tick: Callable[[], None] = lambda: None, tick: float = 5.0) -> dict[str, int]:
+    """Run every job, `jobs` at a time; `on_start(running keys)` whenever the running set changes,
+    `on_done(job, exit code, seconds)` after each finishes and `on_tick()` every `tick` seconds while they
+    run (all in the caller's thread: a progress bar that follows the runs' own files). Returns exit codes."""
     codes: dict[str, int] = {}
     running: list[str] = [j.key for j in todo[:jobs]]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(run_one, job, threads, resume(job)): job for job in todo}
         on_start(list(running))
-        for future in as_completed(futures):
-            job = futures[future]
-            code, seconds = future.result()
-            codes[job.key] = code
-            running = [k for k in running if k != job.key]
-            running += [j.key for j in todo if j.key not in codes and j.key not in running][: jobs - len(running)]
-            on_done(job, code, seconds)
-            on_start(list(running))
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=tick, return_when=FIRST_COMPLETED)
+            on_tick()
+            for future in sorted(finished, key=lambda f: todo.index(futures[f])):
+                job = futures[future]
+                code, seconds = future.result()
+                codes[job.key] = code
+                running = [k for k in running if k != job.key]
+                running += [j.key for j in todo if j.key not in codes and j.key not in running][: jobs - len(running)]
+                on_done(job, code, seconds)
+                on_start(list(running))
     return codes
