@@ -65,3 +65,35 @@ def test_a_bad_jobs_value_is_one_error_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --jobs must be a positive integer, got 0"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_pool_ticks_while_runs_go_and_the_bar_follows_their_score_rows(tmp_path, monkeypatch):
+    """`compare --jobs`'s bar counts score rows read from each run's results.json while the children run; a
+    bar over whole runs would sit at 0 until the first run ends. Fake children write rows over time."""
+    import time
+
+    from clsharelora.training import run_pool as pool
+    from clsharelora.training.results import scored_rows
+
+    def fake_run(job, threads, resume):
+        for n in range(1, 4):
+            time.sleep(0.15)
+            (job.run_dir / "results.json").write_text(json.dumps({"scores": [[0.0]] * n}))
+        return (0 if job.key != "b" else 3), 0.45
+
+    monkeypatch.setattr(pool, "run_one", fake_run)
+    jobs = []
+    for key in "abc":
+        (tmp_path / key).mkdir()
+        jobs.append(pool.RunJob(key, tmp_path / f"{key}.yaml", tmp_path / key, tmp_path / f"{key}.log"))
+    seen, done = [], []
+    codes = pool.run_pool(jobs, jobs=2, threads=1, resume=lambda job: False, tick=0.05,
+                          on_tick=lambda: seen.append(sum(scored_rows(j.run_dir) for j in jobs)),
+                          on_done=lambda job, code, seconds: done.append(job.key))
+    assert codes == {"a": 0, "b": 3, "c": 0}
+    assert sorted(done) == ["a", "b", "c"]
+    assert seen == sorted(seen) and seen[-1] == 9
+    assert any(0 < s < 6 for s in seen)           # rows were seen while the first runs were still going
+    assert scored_rows(tmp_path / "missing") == 0
+    (tmp_path / "a" / "results.json").write_text("{not json")
+    assert scored_rows(tmp_path / "a") == 0       # a file being replaced reads as no rows, not a crash
