@@ -4,7 +4,8 @@ Parts (--only): adapters (LoRA vs ShareA/B/AB cost), overhead (our Avalanche str
 (items/s vs lm-evaluation-harness), scaling (seq length and rank), meta (Llama-2-7B/13B, Llama-3-8B tables),
 neighbour (the demo's step beside a one-core busy loop, as a ratio to the lone step), lwf
 (LwF's step time vs naive, issue #13), gradsync (gradient synchronisation: DDP vs the old per-tensor loop,
-2 gloo processes, issue #15).
+2 gloo processes, issue #15), evalshard (MMLU scoring sharded by items over 2 gloo processes vs 1 process on
+the same CPUs, issue #15).
 Every table and JSON carries the CPU model, torch's CPU capability, native bf16 and the thread choice, so
 figures from different machines are never read as one machine's.
 `--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
@@ -26,7 +27,7 @@ from clsharelora.errors import UserError
 
 from .timing import PROJECT_ROOT, fmt_stats
 
-PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync")
+PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync", "evalshard")
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -37,14 +38,16 @@ FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             scaling_batch=1, scaling_seqs=(128, 256, 512), scaling_ranks=(8, 16, 64), scaling_warmup=1,
             scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True,
             neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2,
-            gradsync_batch=2, gradsync_seq=128, gradsync_steps=4, gradsync_blocks=5)
+            gradsync_batch=2, gradsync_seq=128, gradsync_steps=4, gradsync_blocks=5,
+            evalshard_n=48, evalshard_shots=5, evalshard_reps=2)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
              overhead_reps=1,
              overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, max_new_tokens=4,
              eval_batch=2, eval_reps=1, scaling_seqs=(16,), scaling_ranks=(4,), scaling_warmup=0,
              scaling_reps=1, meta_models=("llama2-7b",), meta_ranks=(8,), isolate=False,
              neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1,
-             gradsync_batch=1, gradsync_seq=16, gradsync_steps=1, gradsync_blocks=1)
+             gradsync_batch=1, gradsync_seq=16, gradsync_steps=1, gradsync_blocks=1,
+             evalshard_n=4, evalshard_shots=0, evalshard_reps=1)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -240,9 +243,20 @@ def table_gradsync(res: dict) -> list[str]:
             + (f"{res['overhead_ratio']:.3f}" if res["overhead_ratio"] is not None else "n/a")]
 
 
+def table_evalshard(res: dict) -> list[str]:
+    return [f"Evaluation sharded by items: {res['model']} MMLU {res['items']} items {res['shots']}-shot "
+            f"({', '.join(res['subjects'])}), batch {res['batch_size']}, {res['reps']} alternating reps in fresh "
+            f"processes; 1 process x {res['threads_one']} thread(s) vs 2 {res['backend']} processes x "
+            f"{res['threads_two']} thread(s) on {res['cpus']} CPU(s)",
+            f"  1 rank   {fmt_stats(res['one_rank'])}",
+            f"  2 ranks  {fmt_stats(res['two_ranks'])}  (scoring + gather of the per-item results)",
+            f"  2 ranks / 1 rank wall time (median of per-rep ratios): {res['ratio']:.3f}; per-item results equal: "
+            f"{'yes' if res['items_equal'] else 'NO'}"]
+
+
 TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
           "meta": table_meta, "neighbour": table_neighbour, "lwf": table_lwf,
-          "gradsync": table_gradsync}
+          "gradsync": table_gradsync, "evalshard": table_evalshard}
 
 
 def ratio_table(results: dict[str, dict]) -> list[str]:
@@ -282,6 +296,10 @@ def ratio_table(results: dict[str, dict]) -> list[str]:
         g = results["gradsync"]
         lines.append(f"{'DDP step / per-tensor loop step, 2 gloo procs':44s} {g['step_ratio']:9.3f} {'-':>9s}  "
                      f"(measured)")
+    if "evalshard" in results:
+        e = results["evalshard"]
+        lines.append(f"{'MMLU scoring, 2 ranks / 1 rank, same CPUs':44s} {e['ratio']:9.3f} {'-':>9s}  "
+                     f"(measured; per-item equal: {'yes' if e['items_equal'] else 'NO'})")
     if "meta" in results:
         ok = all(x["closed_form_ok"] for x in results["meta"]["rows"])
         lines.append(f"{'meta-device counts = closed form':44s} {'all' if ok else 'NOT all':>9s} {'all':>9s}  "
@@ -337,6 +355,14 @@ def run_part(part: str, s: dict, args, log) -> dict:
         return grad_sync.run(model_name=s["model"], r=s["r"], batch=s["gradsync_batch"], seq=s["gradsync_seq"],
                              steps=s["gradsync_steps"], blocks=s["gradsync_blocks"],
                              threads=args.threads or 1, log=log)
+    if part == "evalshard":
+        from clsharelora.hardware import usable_cpus
+
+        from . import eval_sharding
+
+        return eval_sharding.run(model_name=s["model"], n=s["evalshard_n"], shots=s["evalshard_shots"],
+                                 batch_size=s["eval_batch"], reps=s["evalshard_reps"],
+                                 cpus=args.threads or usable_cpus(), log=log)
     from . import meta_table
 
     return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)

@@ -136,3 +136,28 @@ def test_bad_options_are_user_errors(capsys, tmp_path):
     assert "--scaling-seqs" in capsys.readouterr().err
     assert bench_run.main(["--threads", "0", "--out", str(tmp_path)]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_item_sharded_scoring_bench_gives_the_single_process_items(quick):
+    """The evalshard part times 2 ranks against 1; its figure is only worth printing if the 2 ranks score
+    exactly the items one process scores (checked per item inside the part, recorded here)."""
+    _, out, printed = quick
+    res = json.loads((out / "evalshard.json").read_text())["result"]
+    assert res["items_equal"] is True and res["items"] == 4
+    assert res["one_rank"]["n"] == res["two_ranks"]["n"] == res["reps"]
+    assert "MMLU scoring, 2 ranks / 1 rank, same CPUs" in printed
+
+
+def test_the_sharding_check_catches_a_misplaced_item():
+    from clsharelora.bench.eval_sharding import same_items
+
+    rng = np.random.default_rng()
+    a = {"nll_sum": rng.random(6), "correct": rng.random(6) > 0.5, "nll_tokens": rng.integers(1, 9, 6)}
+    assert same_items(a, {k: v.copy() for k, v in a.items()})
+    swapped = {k: v.copy() for k, v in a.items()}
+    swapped["nll_sum"][[0, 1]] = swapped["nll_sum"][[1, 0]]
+    assert not same_items(a, swapped)
+    flipped = {k: v.copy() for k, v in a.items()}
+    flipped["correct"][2] = not flipped["correct"][2]
+    assert not same_items(a, flipped)
+    assert not same_items(a, {k: v for k, v in a.items() if k != "correct"})
