@@ -141,13 +141,17 @@ def dry_run(config: RunConfig) -> str:
     ]
     layer_bytes = weight_bytes / hf_config.num_hidden_layers
     rest = adapter_bytes + acts + logits
+    # one vocabulary x hidden matrix stays whole on every rank: the lm_head outside the sharded decoder stack
+    # (or, when tied, the embedding it shares; engine.fully_sharded)
+    head_bytes = hf_config.vocab_size * hf_config.hidden_size * (0.5 if config.load_in_4bit else BYTES[config.dtype])
     plan = []
     for n in (1, 2, 4, 8, 16):
         ddp = weight_bytes + rest
-        fsdp = weight_bytes / n + 2 * layer_bytes * (n > 1) + rest   # own shard + 2 gathered layers (prefetch)
+        # own shard + the whole head + 2 gathered layers (prefetch)
+        fsdp = (weight_bytes - head_bytes) / n + head_bytes + 2 * layer_bytes * (n > 1) + rest
         plan.append(f"{n}: DDP {ddp / GiB:.1f} / FSDP {fsdp / GiB:.1f}")
-    lines += ["per-GPU GiB at N GPUs, DDP (base replicated) vs FSDP2 (base sharded per decoder layer, shared "
-              "ShareLoRA tensors whole in one unit; train.engine selects which, docs/scale.md):",
+    lines += ["per-GPU GiB at N GPUs, DDP (base replicated) vs FSDP2 (base sharded per decoder layer, lm_head and "
+              "shared ShareLoRA tensors whole; train.engine selects which, docs/scale.md):",
               "  " + "; ".join(plan)]
     processes = planned_processes()
     accumulation = accumulation_steps(t, processes)  # an impossible split is a ConfigError here too

@@ -192,3 +192,17 @@ def test_fsdp_refuses_what_changes_the_parameter_list_or_is_untested_naming_what
         with pytest.raises(ConfigError) as err:
             engine.check_fsdp_combination(*args)
         assert all(n in str(err.value) for n in named), str(err.value)
+
+
+def test_dry_run_names_the_engine_train_engine_selects(capsys, monkeypatch):
+    from pathlib import Path
+
+    from clsharelora.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "llama2-7b.yaml")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for value, named in (("fsdp", "engine: FSDP2 (train.engine=fsdp"), ("ddp", "engine: PyTorch DDP (train.engine=ddp")):
+        assert main(["run", "--config", config, "--set", f"train.engine={value}", "--dry-run"]) == 0
+        lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("engine:")]
+        assert len(lines) == 1 and lines[0].startswith(named) and "over 4 processes" in lines[0] or value == "ddp", lines
+        assert lines[0].startswith(named), lines
