@@ -105,7 +105,8 @@ def test_fsdp_on_two_processes_reaches_the_adapter_and_r_of_one_process(tmp_path
 
     stream = tmp_path / "epochs.yaml"
     stream.write_text(STREAM)
-    args = [*ARGS, *STRATEGIES[strategy], "--stream", str(stream)]
+    # micro-batch 1: 2 accumulation micro-steps on 2 processes (gradient sync off on the first), 4 on 1
+    args = [*ARGS, "--set", "train.batch_size=1", *STRATEGIES[strategy], "--stream", str(stream)]
     two, one = tmp_path / "two", tmp_path / "one"
     done = _run([*ACCELERATE, *args, *FSDP, "--out", str(two)], tmp_path)
     assert done.stdout.count("results:") == 2
@@ -113,6 +114,7 @@ def test_fsdp_on_two_processes_reaches_the_adapter_and_r_of_one_process(tmp_path
     r2 = json.loads((two / "results.json").read_text())
     r1 = json.loads((one / "results.json").read_text())
     assert r1["cost"]["optimizer_steps"] == r2["cost"]["optimizer_steps"] == [2, 6]
+    assert (r1["run"]["batching"]["accumulation"], r2["run"]["batching"]["accumulation"]) == (4, 2)
     _same_adapters(one, two)
     for score in ("accuracy", "nll"):
         np.testing.assert_allclose(np.array(r2["matrices"][score]), np.array(r1["matrices"][score]),
@@ -206,3 +208,19 @@ def test_dry_run_names_the_engine_train_engine_selects(capsys, monkeypatch):
         lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("engine:")]
         assert len(lines) == 1 and lines[0].startswith(named) and "over 4 processes" in lines[0] or value == "ddp", lines
         assert lines[0].startswith(named), lines
+
+
+def test_runs_written_before_train_engine_existed_resume_and_an_fsdp_run_does_not_resume_as_ddp():
+    """The run identity leaves train.engine out at its default: a config.yaml without the key (a DDP run of
+    an older version) still matches; fsdp against ddp is a difference, so --resume refuses to switch."""
+    from clsharelora.config import RunConfig, TrainConfig
+    from clsharelora.training.rundir import _identifying, dotted_differences, resolved_config_dict
+
+    before = RunConfig().to_dict()
+    del before["train"]["engine"]
+    assert dotted_differences(_identifying(before), resolved_config_dict(RunConfig())) == []
+    assert dotted_differences(_identifying(RunConfig().to_dict()), resolved_config_dict(RunConfig())) == []
+    fsdp = RunConfig(train=TrainConfig(engine="fsdp"))
+    for old, new in ((RunConfig().to_dict(), fsdp), (fsdp.to_dict(), RunConfig())):
+        differing = dotted_differences(_identifying(old), resolved_config_dict(new))
+        assert len(differing) == 1 and differing[0].startswith("train.engine"), differing

@@ -1,4 +1,7 @@
-"""The data-parallel engine: PyTorch DistributedDataParallel around the peft model, for one experience.
+"""The engines that share the model over processes: PyTorch DistributedDataParallel around the peft model,
+rebuilt per experience (train.engine: ddp, the default), or FSDP2 sharding it in place once per run
+(train.engine: fsdp; `fully_sharded`, with `Lockstep` for evaluation and the gather/load helpers that saves,
+checkpoints and resume use; docs/scale.md).
 
 Why DDP directly and not `accelerate.Accelerator.prepare`: prepare also wraps the optimizer, scheduler and
 dataloader (its own sampler, gradient-accumulation state and loss scaling), which would fight the template's
