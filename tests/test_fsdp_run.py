@@ -127,6 +127,26 @@ def test_fsdp_on_two_processes_reaches_the_adapter_and_r_of_one_process(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cl", ["replay", "joint"])
+def test_the_cl_methods_fsdp_allows_reach_the_adapter_and_r_of_one_process(tmp_path, cl):
+    """replay (its own sampler) and joint training (one experience on the union) under FSDP."""
+    stream = tmp_path / "epochs.yaml"
+    stream.write_text(STREAM)
+    args = [*ARGS, *STRATEGIES["share_a"], "--cl", cl, "--stream", str(stream)]
+    two, one = tmp_path / "two", tmp_path / "one"
+    _run([*ACCELERATE, *args, *FSDP, "--out", str(two)], tmp_path)
+    _run([sys.executable, "-m", "clsharelora.cli", *args, "--out", str(one)], tmp_path)
+    exps = sorted(p.name for p in (one / "adapters").iterdir())
+    _same_adapters(one, two, exps=exps)
+    r2 = json.loads((two / "results.json").read_text())
+    r1 = json.loads((one / "results.json").read_text())
+    assert r1["cost"]["optimizer_steps"] == r2["cost"]["optimizer_steps"]
+    for score in ("accuracy", "nll"):
+        np.testing.assert_allclose(np.array(r2["matrices"][score]), np.array(r1["matrices"][score]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_fsdp_two_processes_killed_mid_experience_resume_to_the_uninterrupted_run(tmp_path):
     import signal
     import time
