@@ -12,6 +12,9 @@ NGPUS ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
 STRATEGIES ?= lora,sharelora
 # Config of `make stream-llama2`: the project's setup, or configs/llama2-7b-authors.yaml (the authors').
 CONFIG ?= configs/llama2-7b.yaml
+# Engine of `make stream-llama2` on several GPUs: empty = the config's train.engine (ddp unless set), or fsdp / ddp.
+ENGINE ?=
+ENGINE_SET = $(if $(ENGINE),--set train.engine=$(ENGINE))
 LLAMA_NAME = $(basename $(notdir $(CONFIG)))
 RUNS ?= runs/demo/*
 OUT ?= reports/demo
@@ -61,13 +64,15 @@ baselines: install
 
 # The paper stream on Llama-2-7B, LoRA vs ShareLoRA, on every visible GPU. DRY_RUN=1: meta device only.
 # CONFIG=configs/llama2-7b-authors.yaml: the authors' setup (docs/sharelora.md).
+# ENGINE=fsdp: shard the base over the GPUs (FSDP2) instead of replicating it (DDP), docs/scale.md.
 stream-llama2: install
 ifeq ($(DRY_RUN),1)
-	$(CLI) compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) --dry-run
+	$(CLI) compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) $(ENGINE_SET) --dry-run
 else
 	$(VENV)/bin/accelerate launch $(if $(filter-out 0 1,$(NGPUS)),--multi_gpu --num_processes $(NGPUS),--num_processes 1) \
 		--num_machines 1 --mixed_precision no --dynamo_backend no \
-		-m clsharelora.cli compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) --resume
+		-m clsharelora.cli compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) $(ENGINE_SET) \
+		--resume
 	$(CLI) report runs/$(LLAMA_NAME)/* --out reports/$(LLAMA_NAME) \
 		--title "LoRA vs ShareLoRA, $(LLAMA_NAME)"
 endif

@@ -34,6 +34,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     reset_optimizer: bool = True   # fresh optimizer + schedule per experience (standard sequential fine-tuning)
     checkpoint_every: int = 0      # optimizer steps between mid-experience checkpoints; 0 = only after experiences
+    engine: str = "ddp"            # several processes: ddp (base replicated) | fsdp (base sharded, FSDP2); docs/scale.md
 
 
 @dataclass
@@ -74,6 +75,7 @@ _REPLACED = {
                         "the old run>, e.g. 16 for batch_size 4 x grad_accum 4 on one process",
 }
 LOGGERS = ("text", "tensorboard", "wandb")
+ENGINES = ("ddp", "fsdp")   # train.engine: how several processes share the model (training/engine.py)
 
 
 def _check_type(where: str, value: Any, annotation: str) -> Any:
@@ -219,6 +221,8 @@ def validate(config: RunConfig) -> None:
         (config.eval.n is None or config.eval.n >= 1, "eval.n must be >= 1 (or null)"),
         (config.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
     ]
+    checks.append((t.engine in ENGINES, f"train.engine {t.engine!r} is unknown{did_you_mean(str(t.engine), ENGINES)}; "
+                                        f"allowed: {' | '.join(ENGINES)}"))
     unknown_loggers = sorted(set(filter(None, config.loggers.split(","))) - set(LOGGERS))
     checks.append((not unknown_loggers, f"loggers: unknown {unknown_loggers}; known: {', '.join(LOGGERS)}"))
     for ok, message in checks:

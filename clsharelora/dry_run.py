@@ -53,6 +53,20 @@ def _accumulation(train, processes: int) -> str:
         return "not divisible"
 
 
+def _engine_line(engine: str, processes: int, accumulation: int) -> str:
+    """Which engine `train.engine` selects for this many processes, and what it does."""
+    if processes == 1:
+        return (f"one process (no gradient synchronisation; train.engine={engine} applies from 2 processes: "
+                + ("PyTorch DDP)" if engine == "ddp" else "FSDP2)"))
+    if engine == "fsdp":
+        return (f"FSDP2 (train.engine=fsdp, training/engine.py): the base sharded per decoder layer over {processes} "
+                f"processes (per-GPU memory: the FSDP figure at N={processes} above), shared ShareLoRA tensors whole "
+                f"in one unit, gradient sync off on {accumulation - 1} of {accumulation} micro-steps")
+    return ("PyTorch DDP (train.engine=ddp, training/engine.py): the base and adapter replicated per process, "
+            f"adapter gradients all-reduced in buckets during backward, no_sync on {accumulation - 1} of "
+            f"{accumulation} micro-steps")
+
+
 def _experience_examples(spec, config: RunConfig) -> int | None:
     """Training records of one experience (before tokenisation), or None when the data is not here."""
     from .data import load_benchmark
@@ -74,6 +88,10 @@ def dry_run(config: RunConfig) -> str:
     adapter_opts = {k: v for k, v in config.adapter.items() if k != "name"}
     adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
     cl = registry.create(config.cl["name"], "cl", **{k: v for k, v in config.cl.items() if k != "name"})
+    if config.train.engine == "fsdp":   # what a run would refuse, the dry run refuses too
+        from .training.engine import check_fsdp_combination
+
+        check_fsdp_combination(adapter.name, cl.name, config.load_in_4bit)
     base = models.meta_model(config.model)
     base_params = unique_params(base)
     hf_config = base.config
@@ -123,13 +141,17 @@ def dry_run(config: RunConfig) -> str:
     ]
     layer_bytes = weight_bytes / hf_config.num_hidden_layers
     rest = adapter_bytes + acts + logits
+    # one vocabulary x hidden matrix stays whole on every rank: the lm_head outside the sharded decoder stack
+    # (or, when tied, the embedding it shares; engine.fully_sharded)
+    head_bytes = hf_config.vocab_size * hf_config.hidden_size * (0.5 if config.load_in_4bit else BYTES[config.dtype])
     plan = []
     for n in (1, 2, 4, 8, 16):
         ddp = weight_bytes + rest
-        fsdp = weight_bytes / n + 2 * layer_bytes * (n > 1) + rest   # own shard + 2 gathered layers (prefetch)
+        # own shard + the whole head + 2 gathered layers (prefetch)
+        fsdp = (weight_bytes - head_bytes) / n + head_bytes + 2 * layer_bytes * (n > 1) + rest
         plan.append(f"{n}: DDP {ddp / GiB:.1f} / FSDP {fsdp / GiB:.1f}")
-    lines += ["per-GPU GiB at N GPUs, DDP (base replicated) vs FSDP2 (base sharded per decoder layer, shared "
-              "ShareLoRA tensors whole in one unit; engine level, not yet selectable in runs, docs/scale.md):",
+    lines += ["per-GPU GiB at N GPUs, DDP (base replicated) vs FSDP2 (base sharded per decoder layer, lm_head and "
+              "shared ShareLoRA tensors whole; train.engine selects which, docs/scale.md):",
               "  " + "; ".join(plan)]
     processes = planned_processes()
     accumulation = accumulation_steps(t, processes)  # an impossible split is a ConfigError here too
@@ -139,10 +161,7 @@ def dry_run(config: RunConfig) -> str:
         f"  global batch {t.global_batch} = per-process batch {t.batch_size} x {processes} process(es) x "
         f"{accumulation} accumulation",
         f"  accumulation on other process counts: {others}",
-        "engine: " + ("PyTorch DDP (training/engine.py): the base and adapter replicated per process, adapter "
-                      f"gradients all-reduced in buckets during backward, no_sync on {accumulation - 1} of "
-                      f"{accumulation} micro-steps" if processes > 1 else
-                      "one process (no gradient synchronisation); with several, PyTorch DDP"),
+        "engine: " + _engine_line(t.engine, processes, accumulation),
         f"stream {stream.name!r} ({len(stream.experiences)} experiences; steps = ceil(examples / {t.global_batch}) "
         f"x epochs, or max_steps):",
     ]

@@ -52,10 +52,12 @@ def adapter_dir(directory: str | os.PathLike, adapter_name: str) -> Path:
     return Path(directory) if adapter_name == "default" else Path(directory) / adapter_name
 
 
-def save_sharelora(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
-    """peft's save_pretrained (per-layer copies) + sharelora.json beside adapter_config.json; returns that dir."""
+def save_sharelora(model: torch.nn.Module, directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
+    """peft's save_pretrained (per-layer copies) + sharelora.json beside adapter_config.json; returns that dir.
+    `state_dict`: the tensors gathered whole, for a model that holds only shards (FSDP)."""
     spec = spec_of(model)
-    model.save_pretrained(str(directory), selected_adapters=[spec.adapter_name])
+    model.save_pretrained(str(directory), selected_adapters=[spec.adapter_name],
+                          **({} if state_dict is None else {"state_dict": state_dict}))
     out = adapter_dir(directory, spec.adapter_name)
     spec.save(out)
     return out

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import atomic
 from ..errors import UserError
+from . import engine
 
 LATEST = "LATEST"
 CHECKSUMS = "checksums.json"
@@ -116,12 +117,15 @@ class Checkpointer:
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
 
-    def save(self, strategy, *, store, position: dict, plugins=()) -> Path:
+    def save(self, strategy, *, store, position: dict, plugins=(), gathered: dict | None = None) -> Path:
+        """`gathered`: for a sharded model, {"adapter": .., "optimizer": ..} gathered whole on every rank
+        (CheckpointPlugin.save); the optimizer state is then keyed by parameter name, not index."""
         tag = checkpoint_name(strategy.global_step, position["exp_index"])
         target = self.root / tag
         with atomic.directory(target) as tmp:
-            save_file(trainable_state(strategy.model), str(tmp / "adapter.safetensors"))
-            torch.save({"optimizer": strategy.optimizer.state_dict(),
+            save_file(gathered["adapter"] if gathered else trainable_state(strategy.model),
+                      str(tmp / "adapter.safetensors"))
+            torch.save({"optimizer": gathered["optimizer"] if gathered else strategy.optimizer.state_dict(),
                         "scheduler": strategy.scheduler.state_dict() if strategy.scheduler else None},
                        tmp / "optimizer.pt")
             torch.save({type(p).__name__: p.state_dict() for p in plugins if hasattr(p, "state_dict")},
@@ -192,11 +196,16 @@ class Checkpointer:
 
 
 def load_trainable(model, tensors: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's whole tensors into the model; a sharded model keeps its shard of each (every rank
+    reads the same checkpoint)."""
     params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
     if set(params) != set(tensors):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise UserError(f"checkpoint does not match the model's trainable parameters "
                         f"(missing {missing[:3]}, unexpected {extra[:3]}): was the adapter config changed?")
+    if engine.fsdp_root(model) is not None:
+        engine.load_full_trainable(model, tensors)
+        return
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name].to(p.device, p.dtype))
@@ -219,9 +228,13 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
                 "microbatch": strategy.exp_microbatch, "exp_step": strategy.exp_step}
 
     def save(self, strategy, *, completed: bool) -> None:
+        gathered = None
+        if engine.fsdp_root(strategy.model) is not None:   # collectives: every rank gathers, rank 0 writes
+            gathered = {"adapter": engine.full_trainable_state(strategy.model),
+                        "optimizer": engine.full_optimizer_state(strategy.model, strategy.optimizer)}
         if self.dist is None or self.dist.is_main:
             self.checkpointer.save(strategy, store=self.store, position=self.position(strategy, completed=completed),
-                                   plugins=self.stateful)
+                                   plugins=self.stateful, gathered=gathered)
         if self.dist is not None:
             self.dist.barrier()
 
@@ -253,8 +266,11 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
 
     def _restore_runtime(self, strategy, *, restore_optimizer: bool) -> None:
         state, self.pending = self.pending, None
-        if restore_optimizer:
+        if restore_optimizer and engine.fsdp_root(strategy.model) is not None:   # keyed by name, whole
+            engine.load_full_optimizer(strategy.model, strategy.optimizer, state["optimizer"]["optimizer"])
+        elif restore_optimizer:
             strategy.optimizer.load_state_dict(state["optimizer"]["optimizer"])
+        if restore_optimizer:
             if state["optimizer"]["scheduler"] is not None and strategy.resume_position:
                 strategy.scheduler.load_state_dict(state["optimizer"]["scheduler"])
         set_rng_state(state["rng_tensors"], state["rng"])

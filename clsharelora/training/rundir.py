@@ -152,9 +152,18 @@ class RunLock:
 
 # -------------------------------------------------------------------------------------------- identity
 def resolved_config_dict(config: RunConfig) -> dict:
-    """What identifies a run: its config without the output location."""
-    data = config.to_dict()
+    """What identifies a run: its config without the output location, and without train.engine at its
+    default (ddp): runs written before that key existed were DDP runs and still resume; an fsdp run keeps it,
+    so it cannot be resumed under the other engine (its checkpoints hold optimizer state keyed by name)."""
+    return _identifying(config.to_dict())
+
+
+def _identifying(data: dict) -> dict:
+    """A config dict (resolved, or read back from config.yaml) as it identifies a run (resolved_config_dict)."""
     data.pop("out", None)
+    train = data.get("train")
+    if isinstance(train, dict) and train.get("engine") == "ddp":
+        train.pop("engine")
     return data
 
 
@@ -284,7 +293,7 @@ def check_existing(run_dir: Path, config: RunConfig, ident: dict, *, resume: boo
         old = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{run_dir / CONFIG}: unreadable ({type(exc).__name__}); cannot check what run this is")
-    old.pop("out", None)
+    old = _identifying(old) if isinstance(old, dict) else old
     new = dict(ident["config"])
     if not name_given:  # the default name may have changed between versions; a given one must match
         new["name"] = old.get("name")

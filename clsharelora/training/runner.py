@@ -28,7 +28,7 @@ from ..config import RunConfig, accumulation_steps
 from ..errors import ConfigError
 from ..evaluation.base import make_evaluator
 from ..paths import data_root
-from . import preflight, rundir
+from . import engine, preflight, rundir
 from .checkpoint import Checkpointer, CheckpointPlugin
 from .cl_base import CLContext
 from .distributed import Dist
@@ -74,6 +74,8 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
     rundir.check_name(name, "from --name" if config.name else f"from the stream name in {stream.path}")
     run_dir = Path(config.out or Path("runs") / name)
     rundir.check_location(run_dir)
+    if config.train.engine == "fsdp":
+        engine.check_fsdp_combination(adapter.name, cl.name, config.load_in_4bit)
     base = preflight.meta_base(config.model)
     if base is not None:
         cl.check_model(preflight.apply_on_meta(adapter, base))

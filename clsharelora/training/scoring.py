@@ -4,11 +4,13 @@ Each score appends one row to the R matrices, its per-item results go to items/r
 that experience is saved, and results.json is rewritten atomically. With several processes every task's
 items are split across the ranks (balanced by prompt length, `evaluation.items.shard_indices`), and the
 per-item results gathered on every rank, so a task's score is computed from exactly the items one process
-would score, whatever the number of ranks.
+would score, whatever the number of ranks. Under FSDP (train.engine=fsdp) every rank must run the same
+number of model forwards; engine.Lockstep (torch's Join) keeps them in step while the ranks score their shares.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -16,10 +18,23 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from .. import atomic
+from ..adapters.model import save_sharelora
+from ..adapters.sharing import SPEC_ATTR
 from ..evaluation.base import Evaluator
 from ..evaluation.items import merge_shards, shard_indices
+from . import engine
 from .distributed import Dist
 from .results import ResultsStore, write_items
+
+
+def save_gathered(model, directory, state_dict: dict) -> None:
+    """What the lora and sharelora adapter strategies' `save` writes (the adapters train.engine=fsdp allows,
+    engine.FSDP_ADAPTERS): peft's save_pretrained, plus sharelora.json for ShareLoRA, here from the tensors
+    gathered whole because the sharded model itself holds only shards."""
+    if getattr(model, SPEC_ATTR, None) is not None:
+        save_sharelora(model, directory, state_dict=state_dict)
+    else:
+        model.save_pretrained(str(directory), state_dict=state_dict)
 
 
 class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
@@ -34,6 +49,7 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
         self.dist = dist or Dist.single()
         self.progress = progress
         self.eval_time_s = float(store.cost.get("eval_time_s", 0.0))
+        self._lock: engine.Lockstep | None = None
 
     def score(self, model) -> tuple[list[dict], dict[str, dict]]:
         """Every task's TaskScore dict in stream order, and {task: per-item results}; each task's items
@@ -42,11 +58,13 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
         was_training = model.training
         model.eval()
         row, items = [], {}
+        lockstep = self._lockstep(model)
         try:
             for evaluator in self.evaluators:
                 n = len(evaluator.records)
                 mine = shard_indices(evaluator.item_costs(), self.dist.world_size)[self.dist.rank]
-                part = evaluator.score_items(model, self.tokenizer, mine, progress=self.progress)
+                with lockstep.items() if lockstep else contextlib.nullcontext():
+                    part = evaluator.score_items(model, self.tokenizer, mine, progress=self.progress)
                 merged = merge_shards(self.dist.gather_objects((mine, part)), n)
                 score = evaluator.summarize(merged)
                 row.append(score.as_dict())
@@ -56,15 +74,30 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
         self.eval_time_s += time.perf_counter() - start
         return row, items
 
+    def _lockstep(self, model) -> engine.Lockstep | None:
+        """For an FSDP-sharded model, the Join that gives every rank the same number of forwards (ranks score
+        different items: different batch counts and decode steps); None otherwise."""
+        if engine.fsdp_root(model) is None:
+            return None
+        if self._lock is None or self._lock.model is not model:
+            self._lock = engine.Lockstep(model, self.dist)
+        return self._lock
+
     def before_training_exp(self, strategy, **kwargs):
         if not self.store.rows:
             self._record(strategy, *self.score(strategy.model))
 
     def after_training_exp(self, strategy, **kwargs):
         self._record(strategy, *self.score(strategy.model))
+        # a sharded model's adapter is gathered whole on every rank first (a collective); rank 0 writes it
+        gathered = None if engine.fsdp_root(strategy.model) is None else \
+            engine.full_trainable_state(strategy.model, every_name=True)
         if self.dist.is_main:
             with atomic.directory(self.run_dir / "adapters" / f"exp_{self.store.done}") as tmp:
-                self.adapter.save(strategy.model, tmp)
+                if gathered is None:
+                    self.adapter.save(strategy.model, tmp)
+                else:
+                    save_gathered(strategy.model, tmp, gathered)
                 for plugin in strategy.plugins:  # CL methods whose row needs more than the trained adapter
                     if hasattr(plugin, "save_adapters"):
                         plugin.save_adapters(strategy.model, tmp)

@@ -14,7 +14,9 @@ What changes from SupervisedTemplate, and why:
   processes (a plugin may replace it through `sampler_factory`, e.g. replay's fixed memory share);
 - on several processes the forward runs through PyTorch DDP (training/engine.py): bucketed all-reduce
   overlapped with backward, `no_sync` on every accumulation micro-step but the last; `self.model` stays the
-  unwrapped peft model that plugins, scoring and checkpoints use;
+  unwrapped peft model that plugins, scoring and checkpoints use; with `train.engine: fsdp` the model is
+  instead sharded in place by FSDP2 once (engine.fully_sharded), gradient sync off on all micro-steps but
+  the last, and scoring, adapter saving and checkpoints gather through the engine;
 - gradient clipping, bf16 autocast, gradient checkpointing, and mid-experience resume (skip consumed batches).
 Plugins see the usual Avalanche callbacks; `before_update` fires once per optimizer step.
 """
@@ -69,6 +71,12 @@ class CausalLMTemplate(SupervisedTemplate):
         self.progress = progress
         self.accumulation = accumulation_steps(train_config, self.dist.world_size)  # ConfigError if it does not divide
         self.sampler_factory = None    # set by a plugin in after_train_dataset_adaptation, used for one experience
+        # train.engine=fsdp on several processes: FSDP2 shards the model in place, once for the whole run
+        # (the parameter list is then fixed: runner refuses CL methods that change it), before the optimizer
+        # sees its parameters; on one process there is nothing to shard and training is plain.
+        self.sharded = train_config.engine == "fsdp" and self.dist.active
+        if self.sharded:
+            engine.fully_sharded(model, self.dist)
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no trainable parameters: apply an adapter first")
@@ -171,7 +179,8 @@ class CausalLMTemplate(SupervisedTemplate):
         return token_sum / self._step_tokens * self.dist.world_size
 
     def optimizer_step(self):
-        # the gradients are already averaged over processes: DDP reduced them in the last micro-step's backward
+        # the gradients are already averaged over processes: DDP (or FSDP's reduce-scatter) reduced them in the
+        # last micro-step's backward; clipping a sharded model's DTensor gradients reduces their norm over ranks
         params = trainable_parameters(self.model)
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
@@ -193,7 +202,10 @@ class CausalLMTemplate(SupervisedTemplate):
             self.exp_step = self.resume_position["exp_step"]
         bar = tqdm(total=self.steps_in_exp, initial=self.exp_step, desc=f"train exp {self.exp_index + 1}",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
-        self.engine_model = engine.data_parallel(self.model, self.dist, init_sync=not self._engine_synced)
+        if self.sharded:
+            self.engine_model = self.model   # sharded in place at construction
+        else:
+            self.engine_model = engine.data_parallel(self.model, self.dist, init_sync=not self._engine_synced)
         self._engine_synced = True
         try:
             for self.exp_epoch in range(start_epoch, self.train_epochs):
