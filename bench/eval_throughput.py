@@ -8,7 +8,8 @@ our evaluators and handed to lm-eval as a local JSON-lines task (bench/lm_eval_t
 temp dir), so both sides see identical text; what is compared is the scoring/generation machinery. Our NLL
 pass (part of `Evaluator.evaluate`, absent from lm-eval) is not timed. Timed: tokenisation + model calls +
 answer extraction on our side; `lm_eval.evaluator.evaluate` (request building, model calls, filters,
-metrics) on theirs. Runs alternate (ours, lm-eval, ours, ...) after one warm-up call of each on one batch.
+metrics) on theirs. Runs alternate (ours, lm-eval, ours, ...) after one warm-up call of each (one batch of
+MMLU, one item of a generation task: at 256-512 new tokens a batch would cost as much as a timed run).
 """
 
 from __future__ import annotations
@@ -192,22 +193,27 @@ def _top_ops(prof, top: int = 10) -> dict[str, Any]:
 
 
 def profile_one_batch(kind: str, model, tokenizer, ev, lm_runner, task: str | None) -> dict[str, Any]:
-    """torch.profiler of one batch on each side: where the time goes when a speed-up target is missed."""
+    """torch.profiler of a warm-up-sized run on each side: where the time goes when a speed-up target is missed."""
     from torch.profiler import profile
 
     out = {}
     with profile() as prof:
-        OURS[kind](model, tokenizer, ev, PROMPTS[kind](ev)[: ev.batch_size])
+        OURS[kind](model, tokenizer, ev, PROMPTS[kind](ev)[:warm_items(kind, ev.batch_size)])
     out["ours"] = _top_ops(prof)
     if lm_runner and task:
         with profile() as prof:
-            lm_runner.run(task, limit=ev.batch_size)
+            lm_runner.run(task, limit=warm_items(kind, ev.batch_size))
         out["lm_eval"] = _top_ops(prof)
     return out
 
 
 OURS = {"mmlu": ours_mmlu, "gsm8k": ours_gsm8k, "humaneval": ours_humaneval}
 PROMPTS = {"mmlu": lambda ev: ev.prompts, "gsm8k": lambda ev: ev.prompts, "humaneval": humaneval_prompts}
+
+
+def warm_items(kind: str, batch_size: int) -> int:
+    """Items of a warm-up (and of a profile): one batch of MMLU, two items of a generation task."""
+    return batch_size if kind == "mmlu" else min(2, batch_size)
 
 
 def settings_line(kind: str, block: dict, batch_size: int) -> str:
@@ -274,9 +280,9 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
         for kind, ev in evs.items():
             ours_fn = OURS[kind]
             t0 = time.perf_counter()
-            ours_fn(model, tokenizer, ev, PROMPTS[kind](ev)[:batch_size])     # warm-up: one batch
+            ours_fn(model, tokenizer, ev, PROMPTS[kind](ev)[:warm_items(kind, batch_size)])    # warm-up
             if lm_runner:
-                lm_runner.run(result["lm_eval"]["tasks"][kind], limit=batch_size)
+                lm_runner.run(result["lm_eval"]["tasks"][kind], limit=warm_items(kind, batch_size))
             ours_t, theirs_t, ours_out, theirs_out = [], [], None, None
             for _ in range(reps):
                 synchronize(dev)
@@ -319,7 +325,7 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
             if not lm_runner:
                 block["settings"] = settings_line(kind, block, batch_size)
             if profile_on_miss and lm_runner and not block["target_met"]:
-                log(f"[eval] {kind}: speed-up target missed; profiling one batch on each side")
+                log(f"[eval] {kind}: speed-up target missed; profiling a warm-up-sized run on each side")
                 block["profile"] = profile_one_batch(kind, model, tokenizer, ev, lm_runner,
                                                      result["lm_eval"]["tasks"][kind])
             block["new_tokens_ours"] = _new_tokens(tokenizer, ours_out) if kind != "mmlu" else None

@@ -33,7 +33,7 @@ GiB = 2 ** 30
 # name -> settings; --quick swaps in the second column
 FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             overhead_batch=4, overhead_seq=128, overhead_steps_per_block=6, overhead_reps=15,
-            mmlu_n=16, mmlu_shots=5, gsm8k_n=8, gsm8k_shots=8, gsm8k_new_tokens=256, humaneval_n=8,
+            mmlu_n=16, mmlu_shots=5, gsm8k_n=4, gsm8k_shots=8, gsm8k_new_tokens=256, humaneval_n=4,
             humaneval_new_tokens=512, eval_batch=8, eval_reps=2,
             scaling_batch=1, scaling_seqs=(128, 256, 512), scaling_ranks=(8, 16, 64), scaling_warmup=1,
             scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True,
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-seqs", help="sequence lengths of the sweep (default 128,256,512)")
     p.add_argument("--scaling-ranks", help="ranks of the sweep (default 8,16,64)")
     p.add_argument("--mmlu-n", type=int, help="MMLU items (default 32)")
-    p.add_argument("--gsm8k-n", type=int, help="GSM8K items (default 8; 8-shot, 256 new tokens as the paper stream)")
-    p.add_argument("--humaneval-n", type=int, help="HumanEval items (default 8; 0-shot, 512 new tokens as the paper "
+    p.add_argument("--gsm8k-n", type=int, help="GSM8K items (default 4; 8-shot, 256 new tokens as the paper stream)")
+    p.add_argument("--humaneval-n", type=int, help="HumanEval items (default 4; 0-shot, 512 new tokens as the paper "
                                                    "stream)")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads here and in every subprocess (default: torch's). On a shared machine "
