@@ -1,12 +1,15 @@
 """Part 3: evaluation throughput, ours vs lm-evaluation-harness's HF backend, on the same model, items, shots.
 
-Same work on both sides: MMLU letter scoring (log-likelihood of " A".." D" after the few-shot prompt, argmax)
-and GSM8K greedy generation with lm-eval's stop strings and answer filters. The prompts are rendered once by
+Same work on both sides: MMLU letter scoring (log-likelihood of " A".." D" after the few-shot prompt, argmax),
+GSM8K greedy generation with lm-eval's stop strings and answer filters, and HumanEval 0-shot greedy completion
+with lm-eval's humaneval stop strings, at the paper stream's lengths (GSM8K 8-shot 256 new tokens, HumanEval
+512: streams/paper.yaml). The prompts are rendered once by
 our evaluators and handed to lm-eval as a local JSON-lines task (bench/lm_eval_tasks/*.yaml, filled in a
 temp dir), so both sides see identical text; what is compared is the scoring/generation machinery. Our NLL
 pass (part of `Evaluator.evaluate`, absent from lm-eval) is not timed. Timed: tokenisation + model calls +
 answer extraction on our side; `lm_eval.evaluator.evaluate` (request building, model calls, filters,
-metrics) on theirs. Runs alternate (ours, lm-eval, ours, ...) after one warm-up call of each on one batch.
+metrics) on theirs. Runs alternate (ours, lm-eval, ours, ...) after one warm-up call of each (one batch of
+MMLU, one item of a generation task: at 256-512 new tokens a batch would cost as much as a timed run).
 """
 
 from __future__ import annotations
@@ -56,6 +59,21 @@ def ours_mmlu(model, tokenizer, ev, prompts=None) -> list[str]:
     return predict_letters(logprobs, [len(r.choices) for r in ev.records[: len(prompts)]])
 
 
+def ours_humaneval(model, tokenizer, ev, prompts=None) -> list[str]:
+    """Greedy completions exactly as HumanEvalEvaluator generates them (samples=1, without running tests)."""
+    from clsharelora.evaluation.generation import eval_context, generate
+    from clsharelora.evaluation.humaneval import STOP
+
+    prompts = humaneval_prompts(ev) if prompts is None else prompts
+    with eval_context(model, autocast=ev.autocast):
+        return generate(model, tokenizer, prompts, max_new_tokens=ev.max_new_tokens, stop=STOP,
+                        batch_size=ev.batch_size)
+
+
+def humaneval_prompts(ev) -> list[str]:
+    return [prompt for prompt, _, _ in ev.problems]
+
+
 def ours_gsm8k(model, tokenizer, ev, prompts=None) -> list[str]:
     """Greedy completions exactly as GSM8KEvaluator generates them (without its NLL pass)."""
     from clsharelora.evaluation.generation import eval_context, generate
@@ -67,20 +85,23 @@ def ours_gsm8k(model, tokenizer, ev, prompts=None) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- lm-eval
-def write_tasks(directory: Path, mmlu_ev, gsm8k_ev, tag: str) -> dict[str, str]:
+def write_tasks(directory: Path, mmlu_ev, gsm8k_ev, humaneval_ev, tag: str) -> dict[str, str]:
     """JSON-lines data + filled-in YAMLs in `directory`; returns kind -> lm-eval task name."""
-    names = {"mmlu": f"clsharelora_bench_mmlu_{tag}", "gsm8k": f"clsharelora_bench_gsm8k_{tag}"}
+    names = {kind: f"clsharelora_bench_{kind}_{tag}" for kind in ("mmlu", "gsm8k", "humaneval")}
     rows = {
         "mmlu": [{"context": p, "gold": "ABCD".index(r.answer)} for r, p in zip(mmlu_ev.records, mmlu_ev.prompts)],
         "gsm8k": [{"context": p, "answer": r.answer} for r, p in zip(gsm8k_ev.records, gsm8k_ev.prompts)],
+        "humaneval": [{"context": p, "answer": r.target}
+                      for r, p in zip(humaneval_ev.records, humaneval_prompts(humaneval_ev))],
     }
-    templates = {"mmlu": "mmlu_letters.yaml", "gsm8k": "gsm8k_cot.yaml"}
+    templates = {"mmlu": "mmlu_letters.yaml", "gsm8k": "gsm8k_cot.yaml", "humaneval": "humaneval_completion.yaml"}
+    new_tokens = {"mmlu": 1, "gsm8k": gsm8k_ev.max_new_tokens, "humaneval": humaneval_ev.max_new_tokens}
     for kind, items in rows.items():
         data = directory / f"{kind}.jsonl"
         data.write_text("".join(json.dumps(x) + "\n" for x in items))
         text = (TASK_DIR / templates[kind]).read_text()
         text = text.replace("__TASK__", names[kind]).replace("__DATA_FILE__", json.dumps(str(data)))
-        text = text.replace("__MAX_GEN_TOKS__", str(gsm8k_ev.max_new_tokens))
+        text = text.replace("__MAX_GEN_TOKS__", str(new_tokens[kind]))
         (directory / f"{names[kind]}.yaml").write_text(text)
     return names
 
@@ -122,6 +143,14 @@ def lm_eval_mmlu_letters(samples: list[dict], n: int) -> list[str]:
     return preds  # type: ignore[return-value]
 
 
+def lm_eval_completions(samples: list[dict], n: int) -> list[str]:
+    """lm-eval's raw completion per document (before any answer filter)."""
+    texts: list[str | None] = [None] * n
+    for s in samples:
+        texts[s["doc_id"]] = s["resps"][0][0]
+    return texts  # type: ignore[return-value]
+
+
 def lm_eval_gsm8k(samples: list[dict], n: int) -> tuple[list[str], list[float]]:
     """(raw completion, strict-match exact_match) per document."""
     texts: list[str | None] = [None] * n
@@ -148,6 +177,13 @@ def _model_dir(model_name: str, model, tokenizer, scratch: Path) -> str:
     return str(path)
 
 
+def _new_tokens(tokenizer, completions: list[str]) -> dict[str, float]:
+    """Token counts of the completions (after the stop-string cut): how much of max_new_tokens rows use,
+    which is what letting finished rows leave the batch saves."""
+    counts = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
+    return {"mean": sum(counts) / len(counts), "max": max(counts), "min": min(counts)}
+
+
 def _top_ops(prof, top: int = 10) -> dict[str, Any]:
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
@@ -157,22 +193,39 @@ def _top_ops(prof, top: int = 10) -> dict[str, Any]:
 
 
 def profile_one_batch(kind: str, model, tokenizer, ev, lm_runner, task: str | None) -> dict[str, Any]:
-    """torch.profiler of one batch on each side: where the time goes when a speed-up target is missed."""
+    """torch.profiler of a warm-up-sized run on each side: where the time goes when a speed-up target is missed."""
     from torch.profiler import profile
 
     out = {}
     with profile() as prof:
-        (ours_mmlu if kind == "mmlu" else ours_gsm8k)(model, tokenizer, ev, ev.prompts[: ev.batch_size])
+        OURS[kind](model, tokenizer, ev, PROMPTS[kind](ev)[:warm_items(kind, ev.batch_size)])
     out["ours"] = _top_ops(prof)
     if lm_runner and task:
         with profile() as prof:
-            lm_runner.run(task, limit=ev.batch_size)
+            lm_runner.run(task, limit=warm_items(kind, ev.batch_size))
         out["lm_eval"] = _top_ops(prof)
     return out
 
 
+OURS = {"mmlu": ours_mmlu, "gsm8k": ours_gsm8k, "humaneval": ours_humaneval}
+PROMPTS = {"mmlu": lambda ev: ev.prompts, "gsm8k": lambda ev: ev.prompts, "humaneval": humaneval_prompts}
+
+
+def warm_items(kind: str, batch_size: int) -> int:
+    """Items of a warm-up (and of a profile): one batch of MMLU, two items of a generation task."""
+    return batch_size if kind == "mmlu" else min(2, batch_size)
+
+
+def settings_line(kind: str, block: dict, batch_size: int) -> str:
+    """The settings a ratio was measured at, printed next to it."""
+    if kind == "mmlu":
+        return f"{block['n']} items {block['shots']}-shot, batch {batch_size}"
+    return f"{block['n']} items {block['shots']}-shot, {block['max_new_tokens']} new tokens, batch {batch_size}"
+
+
 # ------------------------------------------------------------------------------------------- run
-def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_shots: int, max_new_tokens: int,
+def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_shots: int, gsm8k_new_tokens: int,
+        humaneval_n: int, humaneval_new_tokens: int,
         mmlu_subjects: tuple[str, ...] = ("high_school_psychology", "elementary_mathematics"),
         batch_size: int, reps: int, device: str | None, profile_on_miss: bool = True, log=print) -> dict[str, Any]:
     from clsharelora.evaluation.base import make_evaluator
@@ -181,7 +234,8 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
 
     dev = pick_device(device)
     log(f"[eval] {model_name} on {dev}: MMLU {mmlu_n} items {mmlu_shots}-shot, GSM8K {gsm8k_n} items "
-        f"{gsm8k_shots}-shot (<= {max_new_tokens} new tokens), batch {batch_size}, {reps} reps")
+        f"{gsm8k_shots}-shot (<= {gsm8k_new_tokens} new tokens), HumanEval {humaneval_n} items 0-shot "
+        f"(<= {humaneval_new_tokens} new tokens), batch {batch_size}, {reps} reps")
     # Items from a few subjects, as a full MMLU run has ~250 per subject: the per-subject few-shot context
     # is then shared, as it is on the whole test set.
     from clsharelora.data import load_benchmark
@@ -189,17 +243,22 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
     mmlu = make_evaluator("mmlu", shots=mmlu_shots, batch_size=batch_size,
                           records=load_benchmark("mmlu", "test", n=mmlu_n, subjects=list(mmlu_subjects)))
     gsm8k = make_evaluator("gsm8k", n=gsm8k_n, shots=gsm8k_shots, batch_size=batch_size, protocol="seeded",
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=gsm8k_new_tokens)
+    humaneval = make_evaluator("humaneval", n=humaneval_n, batch_size=batch_size,
+                               max_new_tokens=humaneval_new_tokens)
     model = load_model(model_name, device=dev)
     tokenizer = load_tokenizer(model_name)
-    prompt_tokens = {"mmlu": sum(len(tokenizer(p)["input_ids"]) for p in mmlu.prompts) / len(mmlu.prompts),
-                     "gsm8k": sum(len(tokenizer(p)["input_ids"]) for p in gsm8k.prompts) / len(gsm8k.prompts)}
+    evs = {"mmlu": mmlu, "gsm8k": gsm8k, "humaneval": humaneval}
+    prompt_tokens = {kind: sum(len(tokenizer(p)["input_ids"]) for p in PROMPTS[kind](ev)) / len(ev.records)
+                     for kind, ev in evs.items()}
     result: dict[str, Any] = {"model": model_name, "device": str(dev), "batch_size": batch_size, "reps": reps,
                               "target_speedup": TARGET, "mean_prompt_tokens": prompt_tokens,
                               "mmlu": {"n": len(mmlu.records), "shots": mmlu_shots,
                                        "subjects": list(mmlu_subjects)},
                               "gsm8k": {"n": len(gsm8k.records), "shots": gsm8k_shots,
-                                        "max_new_tokens": max_new_tokens},
+                                        "max_new_tokens": gsm8k_new_tokens},
+                              "humaneval": {"n": len(humaneval.records), "shots": 0,
+                                            "max_new_tokens": humaneval_new_tokens},
                               "timed_work": "ours: tokenise + forward/generate + answer extraction (NLL pass "
                                             "excluded); lm-eval: lm_eval.evaluator.evaluate on a local task"}
     version = lm_eval_version()
@@ -210,7 +269,7 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
                              "reason": f"lm-eval is not installed (pip install {LM_EVAL_PIN})"}
     else:
         try:
-            names = write_tasks(Path(scratch.name), mmlu, gsm8k, tag=str(os.getpid()))
+            names = write_tasks(Path(scratch.name), mmlu, gsm8k, humaneval, tag=str(os.getpid()))
             lm_runner = LmEvalRunner(_model_dir(model_name, model, tokenizer, Path(scratch.name)),
                                      Path(scratch.name), dev, batch_size)
             result["lm_eval"] = {"status": "measured", "version": version, "backend": "hf (HFLM)",
@@ -218,11 +277,12 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
         except Exception as exc:  # recorded, not hidden: the comparison is then "not measured"
             result["lm_eval"] = {"status": "not measured", "reason": f"{type(exc).__name__}: {exc}"}
     try:
-        for kind, ev, ours_fn in (("mmlu", mmlu, ours_mmlu), ("gsm8k", gsm8k, ours_gsm8k)):
+        for kind, ev in evs.items():
+            ours_fn = OURS[kind]
             t0 = time.perf_counter()
-            ours_fn(model, tokenizer, ev, ev.prompts[:batch_size])            # warm-up: one batch
+            ours_fn(model, tokenizer, ev, PROMPTS[kind](ev)[:warm_items(kind, batch_size)])    # warm-up
             if lm_runner:
-                lm_runner.run(result["lm_eval"]["tasks"][kind], limit=batch_size)
+                lm_runner.run(result["lm_eval"]["tasks"][kind], limit=warm_items(kind, batch_size))
             ours_t, theirs_t, ours_out, theirs_out = [], [], None, None
             for _ in range(reps):
                 synchronize(dev)
@@ -241,7 +301,7 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
             block["ours_items_per_s"] = n / block["ours_seconds"]["median"]
             if kind == "mmlu":
                 block["ours_accuracy"] = sum(p == r.answer for p, r in zip(ours_out, ev.records)) / n
-            else:
+            elif kind == "gsm8k":
                 block["ours_strict_accuracy"] = sum(ours_strict) / n
             if lm_runner:
                 block["lm_eval_seconds"] = summarize(theirs_t)
@@ -254,14 +314,21 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
                     block["lm_eval_accuracy"] = sum(p == r.answer for p, r in zip(theirs, ev.records)) / n
                     block["same_predictions"] = sum(a == b for a, b in zip(ours_out, theirs))
                     block["identical_accuracy"] = block["lm_eval_accuracy"] == block["ours_accuracy"]
-                else:
+                elif kind == "gsm8k":
                     texts, strict = lm_eval_gsm8k(theirs_out, n)
                     block["lm_eval_strict_accuracy"] = sum(strict) / n
                     block["same_completions"] = sum(a == b for a, b in zip(ours_out, texts))
+                else:
+                    texts = lm_eval_completions(theirs_out, n)
+                    block["same_completions"] = sum(a == b for a, b in zip(ours_out, texts))
+                block["settings"] = settings_line(kind, block, batch_size)
+            if not lm_runner:
+                block["settings"] = settings_line(kind, block, batch_size)
             if profile_on_miss and lm_runner and not block["target_met"]:
-                log(f"[eval] {kind}: speed-up target missed; profiling one batch on each side")
+                log(f"[eval] {kind}: speed-up target missed; profiling a warm-up-sized run on each side")
                 block["profile"] = profile_one_batch(kind, model, tokenizer, ev, lm_runner,
                                                      result["lm_eval"]["tasks"][kind])
+            block["new_tokens_ours"] = _new_tokens(tokenizer, ours_out) if kind != "mmlu" else None
             log(f"[eval] {kind} done in {time.perf_counter() - t0:.0f} s")
     finally:
         scratch.cleanup()

@@ -34,7 +34,8 @@ GiB = 2 ** 30
 # name -> settings; --quick swaps in the second column
 FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             overhead_batch=4, overhead_seq=128, overhead_steps_per_block=6, overhead_reps=15,
-            mmlu_n=16, mmlu_shots=5, gsm8k_n=8, gsm8k_shots=8, max_new_tokens=32, eval_batch=8, eval_reps=2,
+            mmlu_n=16, mmlu_shots=5, gsm8k_n=4, gsm8k_shots=8, gsm8k_new_tokens=256, humaneval_n=4,
+            humaneval_new_tokens=512, eval_batch=8, eval_reps=2,
             scaling_batch=1, scaling_seqs=(128, 256, 512), scaling_ranks=(8, 16, 64), scaling_warmup=1,
             scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True,
             neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2,
@@ -42,7 +43,8 @@ FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             evalshard_n=48, evalshard_shots=5, evalshard_reps=2)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
              overhead_reps=1,
-             overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, max_new_tokens=4,
+             overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, gsm8k_new_tokens=4,
+             humaneval_n=2, humaneval_new_tokens=4,
              eval_batch=2, eval_reps=1, scaling_seqs=(16,), scaling_ranks=(4,), scaling_warmup=0,
              scaling_reps=1, meta_models=("llama2-7b",), meta_ranks=(8,), isolate=False,
              neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1,
@@ -73,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-seqs", help="sequence lengths of the sweep (default 128,256,512)")
     p.add_argument("--scaling-ranks", help="ranks of the sweep (default 8,16,64)")
     p.add_argument("--mmlu-n", type=int, help="MMLU items (default 32)")
-    p.add_argument("--gsm8k-n", type=int, help="GSM8K items (default 8)")
+    p.add_argument("--gsm8k-n", type=int, help="GSM8K items (default 4; 8-shot, 256 new tokens as the paper stream)")
+    p.add_argument("--humaneval-n", type=int, help="HumanEval items (default 4; 0-shot, 512 new tokens as the paper "
+                                                   "stream)")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads here and in every subprocess (default: torch's). On a shared machine "
                         "1 avoids OpenMP spin-waiting against other jobs, which inflated 2-thread steps 10-20x")
@@ -84,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings(args) -> dict[str, Any]:
     s = dict(QUICK if args.quick else FULL)
     for key, value in (("reps", args.reps), ("model", args.model), ("eval_reps", args.eval_reps),
-                       ("scaling_batch", args.scaling_batch), ("mmlu_n", args.mmlu_n), ("gsm8k_n", args.gsm8k_n)):
+                       ("scaling_batch", args.scaling_batch), ("mmlu_n", args.mmlu_n), ("gsm8k_n", args.gsm8k_n),
+                       ("humaneval_n", args.humaneval_n)):
         if value is not None:
             if key != "model" and value < 1:
                 raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
@@ -160,9 +165,11 @@ def table_eval(res: dict) -> list[str]:
              f"median [IQR/range] of {res['reps']} runs; lm-eval: {res['lm_eval'].get('status')}"
              + (f" ({res['lm_eval']['version']}, HF backend)" if res["lm_eval"].get("version") else
                 f" ({res['lm_eval'].get('reason')})")]
-    for kind in ("mmlu", "gsm8k"):
+    for kind in ("mmlu", "gsm8k", "humaneval"):
+        if kind not in res:
+            continue
         b = res[kind]
-        head = f"  {kind:5s} {b['n']} items {b['shots']}-shot: ours {b['ours_items_per_s']:.3f} items/s " \
+        head = f"  {kind:9s} {b['settings']}: ours {b['ours_items_per_s']:.3f} items/s " \
                f"({fmt_stats(b['ours_seconds'])})"
         if "lm_eval_items_per_s" in b:
             head += (f", lm-eval {b['lm_eval_items_per_s']:.3f} items/s ({fmt_stats(b['lm_eval_seconds'])}); "
@@ -174,10 +181,17 @@ def table_eval(res: dict) -> list[str]:
             if "lm_eval_accuracy" in b:
                 acc += (f", lm-eval {b['lm_eval_accuracy']:.4f} ({'identical' if b['identical_accuracy'] else 'DIFFER'}"
                         f"; same prediction on {b['same_predictions']}/{b['n']} items)")
-        else:
+        elif kind == "gsm8k":
             acc = f"    strict accuracy ours {b['ours_strict_accuracy']:.4f}"
             if "lm_eval_strict_accuracy" in b:
                 acc += f", lm-eval {b['lm_eval_strict_accuracy']:.4f}; identical completions {b['same_completions']}/{b['n']}"
+        else:
+            acc = f"    (pass@1 not run: completions compared as text)"
+            if "same_completions" in b:
+                acc += f"; identical completions {b['same_completions']}/{b['n']}"
+        if b.get("new_tokens_ours"):
+            t = b["new_tokens_ours"]
+            acc += f"; our completions {t['mean']:.0f} tokens on average (min {t['min']}, max {t['max']})"
         lines.append(acc)
     return lines
 
@@ -280,11 +294,17 @@ def ratio_table(results: dict[str, dict]) -> list[str]:
         add("strategy step / bare loop step", o["ratio"], "<= 1.05", o["target_met"])
     if "eval" in results:
         e = results["eval"]
-        for kind in ("mmlu", "gsm8k"):
+        for kind in ("mmlu", "gsm8k", "humaneval"):
+            if kind not in e:
+                continue
+            label = f"{kind} items/s ours / lm-eval"
             if "speedup" in e[kind]:
-                add(f"{kind} items/s ours / lm-eval", e[kind]["speedup"], ">= 1.5", e[kind]["target_met"])
+                add(label, e[kind]["speedup"], ">= 1.5", e[kind]["target_met"])
             else:
-                lines.append(f"{kind + ' items/s ours / lm-eval':44s} {'n/a':>9s} {'>= 1.5':>9s}  not measured")
+                lines.append(f"{label:44s} {'n/a':>9s} {'>= 1.5':>9s}  not measured")
+            lines[-1] += f"  [{e[kind]['settings']}]"
+            if "same_completions" in e[kind]:
+                lines[-1] += f" identical completions {e[kind]['same_completions']}/{e[kind]['n']}"
         if "identical_accuracy" in e["mmlu"]:
             add("MMLU accuracy ours - lm-eval", e["mmlu"]["ours_accuracy"] - e["mmlu"]["lm_eval_accuracy"], "= 0",
                 e["mmlu"]["identical_accuracy"])
@@ -326,7 +346,8 @@ def run_part(part: str, s: dict, args, log) -> dict:
 
         return eval_throughput.run(model_name=s["model"], mmlu_n=s["mmlu_n"], mmlu_shots=s["mmlu_shots"],
                                    gsm8k_n=s["gsm8k_n"], gsm8k_shots=s["gsm8k_shots"],
-                                   max_new_tokens=s["max_new_tokens"], batch_size=s["eval_batch"],
+                                   gsm8k_new_tokens=s["gsm8k_new_tokens"], humaneval_n=s["humaneval_n"],
+                                   humaneval_new_tokens=s["humaneval_new_tokens"], batch_size=s["eval_batch"],
                                    reps=s["eval_reps"], device=args.device,
                                    profile_on_miss=not args.no_profile, log=log)
     if part == "scaling":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from clsharelora.errors import ConfigError
 from clsharelora.evaluation.generation import (
-    StopOnStrings, cut_at_stop, eos_ids, eval_context, generate, length_sorted_batches,
+    cut_at_stop, stop_hit, eos_ids, eval_context, generate, length_sorted_batches,
 )
 from clsharelora.models import load_model, load_tokenizer
 
@@ -45,6 +47,14 @@ def manual_greedy(model, tokenizer, prompt: str, steps: int) -> list[int]:
             logits = model(torch.tensor([ids])).logits[0, -1]
             ids.append(int(logits.argmax()))
     return ids[len(tokenizer(prompt)["input_ids"]):]
+
+
+def manual_greedy_ids(model, ids: list[int], steps: int) -> list[int]:
+    """Greedy tokens after `ids` from a full forward per step (no cache, no padding, no generate())."""
+    ids = list(ids)
+    for _ in range(steps):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(ids) - steps:]
 
 
 def test_batched_equals_unbatched_greedy(tiny):
@@ -98,15 +108,13 @@ def test_cut_at_stop_uses_the_earliest_stop():
     assert cut_at_stop("x</s>y<|im_end|>", ["<|im_end|>", "</s>"]) == "x"
 
 
-def test_stop_criterion_ignores_the_prompt_and_is_per_row(tiny):
+def test_stop_check_sees_only_generated_tokens(tiny):
     _, tok = tiny
-    prompt = tok("Question: one", add_special_tokens=False)["input_ids"]
-    rows = [prompt + tok(" two Question:", add_special_tokens=False)["input_ids"],
-            prompt + tok(" two three four", add_special_tokens=False)["input_ids"]]
-    width = max(map(len, rows))
-    batch = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
-    crit = StopOnStrings(tok, ["Question:"], prompt_len=len(prompt))
-    assert crit(batch, None).tolist() == [True, False]  # the prompt's own "Question:" does not count
+    assert stop_hit(tok, ["Question:"], tok(" two Question:", add_special_tokens=False)["input_ids"])
+    assert not stop_hit(tok, ["Question:"], tok(" two three four", add_special_tokens=False)["input_ids"])
+    long_tail = tok(" Question:" + " word" * 200, add_special_tokens=False)["input_ids"]
+    assert not stop_hit(tok, ["Question:"], long_tail)  # only the last few tokens are looked at
+    assert not stop_hit(tok, [], long_tail) and not stop_hit(tok, [""], long_tail)
 
 
 def test_length_sorted_batches_cover_every_index_once():
@@ -180,3 +188,107 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
     assert generate(model, tok, PROMPTS[:3], max_new_tokens=8, temperature=0.0, seed=8) == greedy
     with pytest.raises(ConfigError, match="temperature"):
         generate(model, tok, ["x"], max_new_tokens=2, temperature=-1)
+
+
+# ------------------------------------------------------------------ rows leaving the batch (decode_batch)
+def random_prompts(tokenizer, rng, n: int, lo: int = 1, hi: int = 40) -> list[str]:
+    """Fresh prompts of mixed lengths: decoded random token ids (no special tokens)."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(min(tokenizer.vocab_size, 5000)) if i not in special]
+    return [tokenizer.decode([rng.choice(ids) for _ in range(rng.randint(lo, hi))]) for _ in range(n)]
+
+
+def one_at_a_time(model, tokenizer, prompts, max_new_tokens, stop=()) -> list[str]:
+    """The independent reference: `model.generate` greedy on each prompt alone, no padding, no shared cache,
+    decoded up to the first EOS and cut at the first stop string."""
+    return [cut_at_stop(reference_completion(model, tokenizer, p, max_new_tokens), stop) for p in prompts]
+
+
+@contextlib.contextmanager
+def early_eos(model, tokenizer, prompts, steps: int):
+    """An extra EOS id on the model's generation config, chosen so that greedy decoding hits it at different
+    steps in different rows and never in some: of the tokens the prompts' free-running greedy completions
+    contain, the one whose first occurrences fall on the most distinct steps."""
+    free = [manual_greedy_ids(model, tokenizer(p)["input_ids"], steps) for p in prompts]
+    first: dict[int, set[int]] = {}
+    for toks in free:
+        for step, t in enumerate(toks):
+            if t not in toks[:step]:
+                first.setdefault(t, set()).add(step)
+    ends_some = [t for t in first if sum(t in toks for toks in free) < len(prompts)]
+    extra = max(ends_some, key=lambda t: (len(first[t]), -t))
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = sorted({tokenizer.eos_token_id, extra})
+    try:
+        yield extra
+    finally:
+        model.generation_config.eos_token_id = saved
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_rows_leaving_the_batch_equal_one_prompt_at_a_time(tiny, seed):
+    import random
+
+    model, tok = tiny
+    rng = random.Random(seed)
+    prompts = random_prompts(tok, rng, 7) + PROMPTS
+    with torch.inference_mode(), early_eos(model, tok, prompts, 12):
+        # a stop string that some rows produce mid-way: a piece of one row's completion
+        free = reference_completion(model, tok, prompts[1], 12)
+        stop = [free[len(free) // 2 : len(free) // 2 + 3] or "zz", "\n\n"]
+        want = one_at_a_time(model, tok, prompts, 12, stop)
+        full = one_at_a_time(model, tok, prompts, 12)
+        assert len(set(map(len, want))) > 2, "rows must end at different steps"
+        assert want != full, "some row must end at a stop string"
+        for batch_size in (1, 2, 3, 5, len(prompts)):
+            got = generate(model, tok, prompts, max_new_tokens=12, stop=stop, batch_size=batch_size)
+            assert got == want, f"batch_size={batch_size}"
+
+
+def test_rows_leaving_the_batch_with_a_shared_context(tiny):
+    import random
+
+    model, tok = tiny
+    rng = random.Random(21)
+    context = "Question: " + random_prompts(tok, rng, 1, 20, 30)[0] + "\nAnswer: 3\n\n"
+    prompts = [context + q for q in random_prompts(tok, rng, 8)]
+    with torch.inference_mode(), early_eos(model, tok, prompts, 10):
+        want = one_at_a_time(model, tok, prompts, 10)
+        assert len(set(map(len, want))) > 2, "rows must end at different steps"
+        for batch_size in (1, 3, 8):
+            got = generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size,
+                           contexts=[context] * len(prompts))
+            assert got == want, f"batch_size={batch_size}"
+
+
+def test_a_row_ending_at_once_leaves_the_other_rows_alone(tiny):
+    """One row stops at its first token (its stop string is that token's text); the other rows' completions
+    are those of the batch without it."""
+    import random
+
+    model, tok = tiny
+    prompts = random_prompts(tok, random.Random(5), 4)
+    first = reference_completion(model, tok, prompts[0], 1)
+    alone = generate(model, tok, prompts[1:], max_new_tokens=9, batch_size=4)
+    stop = [first] if first.strip() else []
+    together = generate(model, tok, prompts, max_new_tokens=9, batch_size=4, stop=stop)
+    assert together[0] == "" or not stop
+    assert [cut_at_stop(a, stop) for a in alone] == together[1:]
+
+
+def test_decode_batch_respects_max_new_tokens(tiny):
+    import random
+
+    from clsharelora.evaluation.generation import decode_batch, layout
+
+    model, tok = tiny
+    queries = [tok(p)["input_ids"] for p in random_prompts(tok, random.Random(8), 5)]
+    for max_new in (1, 2, 7):
+        ids, mask = layout([], queries, tok.pad_token_id, torch.device("cpu"))
+        with torch.inference_mode():
+            new = decode_batch(model, tok, ids, mask, None, max_new_tokens=max_new, stop=(), eos=set(),
+                               temperature=0.0, generator=None, last_only=True)
+        assert [len(t) for t in new] == [max_new] * len(queries)
+        with torch.inference_mode():
+            want = [manual_greedy_ids(model, q, max_new) for q in queries]
+        assert new == want

@@ -1,5 +1,7 @@
 """Batched greedy generation for evaluation: length-sorted batches, left padding, KV cache, stop strings.
 
+Each batch is decoded by a loop of our own over the model's forward (`decode_batch`): a row that hits EOS,
+a stop string or max_new_tokens leaves the batch at once, so decode cost follows each row's own length.
 Prompts that start with a shared context (the few-shot exemplars: one set for all of GSM8K, one per MMLU
 subject) run that context once and reuse its KV cache: the batch is laid out as [context | left padding |
 query], with the padding masked out and positions counted over real tokens only, so every row computes
@@ -17,7 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache
 
 from .. import hardware
 from ..errors import ConfigError
@@ -84,30 +86,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
             if pos != -1:
                 cut = min(cut, pos)
     return text[:cut]
-
-
-class StopOnStrings(StoppingCriteria):
-    """Per-sequence stop once any stop string appears in the generated text (prompt excluded).
-
-    Only the last `window` generated tokens are decoded each step: a stop string of n characters spans at
-    most n tokens (plus a few for byte-level pieces), so nothing is missed and the check stays O(1) per step.
-    """
-
-    def __init__(self, tokenizer, stop: Sequence[str], prompt_len: int):
-        self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
-        self.prompt_len = prompt_len
-        self.window = 2 * max((len(s) for s in self.stop), default=0) + 4
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if not self.stop:
-            return done
-        start = max(self.prompt_len, input_ids.shape[1] - self.window)
-        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=False)
-        for row, tail in enumerate(tails):
-            done[row] = any(s in tail for s in self.stop)
-        return done
 
 
 class ContextGroup:
@@ -189,6 +167,89 @@ def layout(prefix: list[int], queries: list[list[int]], pad: int, device) -> tup
     return input_ids.to(device), mask.to(device)
 
 
+def _keeps_last_logits_only(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (as `model.generate` checks): the prefill then
+    projects only the last position onto the vocabulary."""
+    check = getattr(model, "_supports_logits_to_keep", None)
+    return bool(check()) if callable(check) else False
+
+
+def model_step(model, input_ids, attention_mask, position_ids, cache, *, last_only: bool):
+    """THE one place generation calls the model (prefill and every decode step): next-token logits (fp32,
+    shape (B, vocab)) and the updated cache. Anything that must wrap each model call of a decode loop (e.g.
+    a lockstep all-ranks call under sharded weights) belongs here."""
+    kwargs = {"logits_to_keep": 1} if last_only else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                use_cache=True, **kwargs)
+    return out.logits[:, -1].to(dtype=torch.float32, copy=True), out.cache
+
+
+def stop_hit(tokenizer, stop: Sequence[str], generated: list[int]) -> bool:
+    """Whether a stop string appears in the generated tokens (never the prompt's).
+
+    Only the last `window` tokens are decoded: a stop string of n characters spans at most n tokens (plus a
+    few for byte-level pieces), so nothing is missed and the check stays O(1) per step.
+    """
+    stop = [s for s in stop if s]
+    if not stop:
+        return False
+    window = 2 * max(len(s) for s in stop) + 4
+    tail = tokenizer.decode(generated[-window:], skip_special_tokens=False)
+    return any(s in tail for s in stop)
+
+
+def decode_batch(
+    model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, *, max_new_tokens: int,
+    stop: Sequence[str], eos: set[int], temperature: float, generator: torch.Generator | None,
+    last_only: bool,
+) -> list[list[int]]:
+    """New tokens of every row of a left-padded batch (ending at and excluding its first EOS).
+
+    A greedy/sampled decode loop over the model's forward in which a row leaves the batch (its KV cache rows
+    dropped with `batch_select_indices`) the step it hits EOS, a stop string or `max_new_tokens`: the
+    remaining rows keep decoding on a smaller batch, so a batch costs the sum of its rows' lengths rather
+    than batch size x its longest row. Positions count real tokens only (`model.generate`'s rule), so a row
+    computes what it would alone. `cache` holds the KV of input_ids' first `cache.get_seq_length()`
+    columns (the shared context) or is None.
+    """
+    device = input_ids.device
+    mask = attention_mask
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    done_cols = cache.get_seq_length() if cache is not None else 0
+    step_ids, step_pos = input_ids[:, done_cols:], positions[:, done_cols:]
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    rows = list(range(input_ids.shape[0]))     # batch row -> original row, for the rows still decoding
+    tokens: list[list[int]] = [[] for _ in rows]
+    for _ in range(max_new_tokens):
+        logits, cache = model_step(model, step_ids, mask, step_pos, cache, last_only=last_only)
+        if temperature:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        else:
+            nxt = torch.argmax(logits, dim=-1)
+        keep = []
+        for b, tok in enumerate(nxt.tolist()):
+            row = rows[b]
+            if tok in eos:
+                continue
+            tokens[row].append(tok)
+            if len(tokens[row]) < max_new_tokens and not stop_hit(tokenizer, stop, tokens[row]):
+                keep.append(b)
+        if not keep:
+            break
+        last_pos = step_pos[:, -1]
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(index)
+            nxt, mask, last_pos = nxt[index], mask[index], last_pos[index]
+            rows = [rows[b] for b in keep]
+        step_ids = nxt[:, None]
+        step_pos = (last_pos + 1)[:, None]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+    return tokens
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -206,14 +267,14 @@ def generate(
 ) -> list[str]:
     """Greedy completions of `prompts`, in input order, each cut at the first stop string (excluded).
 
-    KV-cached `model.generate` on length-sorted, left-padded batches; a batch ends as soon as every sequence
-    hit a stop string or EOS. The completion is decoded from the new tokens only (up to the first EOS).
+    Length-sorted, left-padded batches decoded by `decode_batch` (KV cache; a finished row leaves the
+    batch at once). The completion is decoded from the new tokens before the first EOS.
     `contexts[i]` (optional) is a prefix of prompts[i] shared with other prompts: it is run once and its
     KV cache reused (same outputs, less compute). `progress` is the tqdm label (None: no bar). The caller
     chooses eval mode / inference mode / autocast (see `eval_context`).
-    `temperature` > 0 samples from the plain softmax at that temperature (no top-k/top-p) instead, seeded by
-    `seed` per batch without touching the global RNG (same prompts + batch_size + seed -> same samples).
-    `skip_special_tokens` decodes the completion without special tokens, as lm-eval's HF backend does.
+    `temperature` > 0 samples from the plain softmax at that temperature (no top-k/top-p) instead, from a
+    generator seeded by `seed` per batch, the global RNG untouched (same prompts + batch_size + seed -> same
+    samples). `skip_special_tokens` decodes the completion without special tokens, as lm-eval's HF backend does.
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -225,13 +286,7 @@ def generate(
     encoded, groups = group_by_context(tokenizer, prompts, contexts)
     pad = pad_id(tokenizer)
     eos = eos_ids(model, tokenizer)
-    sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0} if temperature \
-        else {"do_sample": False}
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, num_beams=1, use_cache=True, **sampling,
-        pad_token_id=pad, eos_token_id=sorted(eos) or None,
-        bos_token_id=getattr(model.generation_config, "bos_token_id", None),
-    )
+    last_only = _keeps_last_logits_only(model)
     out: list[str | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, leave=False)
     for group in groups:
@@ -241,21 +296,15 @@ def generate(
         for batch in length_sorted_batches([len(queries[i]) for i in group.indices], batch_size):
             batch = [group.indices[j] for j in batch]
             input_ids, attention_mask = layout(group.prefix, [queries[i] for i in batch], pad, device)
-            prompt_len = input_ids.shape[1]
-            kwargs = {} if cache is None else {"cache": expand_cache(cache, len(batch))}
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed * 1_000_003 + batch[0])
-                sequences = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                    stopping_criteria=StoppingCriteriaList([StopOnStrings(tokenizer, stop, prompt_len)]), **kwargs,
-                )
+            generator = None
+            if temperature:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(seed * 1_000_003 + batch[0])
+            new = decode_batch(model, tokenizer, input_ids, attention_mask, expand_cache(cache, len(batch)),
+                               max_new_tokens=max_new_tokens, stop=stop, eos=eos, temperature=float(temperature),
+                               generator=generator, last_only=last_only)
             for row, i in enumerate(batch):
-                new = sequences[row, prompt_len:].tolist()
-                for j, tok in enumerate(new):
-                    if tok in eos:
-                        new = new[:j]
-                        break
-                out[i] = cut_at_stop(tokenizer.decode(new, skip_special_tokens=skip_special_tokens), stop)
+                out[i] = cut_at_stop(tokenizer.decode(new[row], skip_special_tokens=skip_special_tokens), stop)
             bar.update(len(batch))
     bar.close()
     return out  # type: ignore[return-value]
