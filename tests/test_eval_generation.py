@@ -292,3 +292,45 @@ def test_decode_batch_respects_max_new_tokens(tiny):
         with torch.inference_mode():
             want = [manual_greedy_ids(model, q, max_new) for q in queries]
         assert new == want
+
+
+class _Recorder(torch.nn.Module):
+    """The model, recording the next-token logits of every call (one row per row still decoding)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.calls = model, model.config, []
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        self.calls.append(out.logits[:, -1].float().clone())
+        return out
+
+
+def test_every_decode_step_gives_each_remaining_row_its_own_logits(tiny):
+    """Logits, not just tokens (a random-weight model's argmax can survive a wrong attention-mask row): at every
+    call, each row still decoding gets the logits of its own prompt + tokens so far, computed unpadded and
+    uncached, while other rows leave the batch. Rows leave at varied steps by sampling (seeded) with every
+    8th token id counted as an EOS: a random model's greedy rows repeat one token and would all end at once."""
+    import random
+
+    from clsharelora.evaluation.generation import decode_batch, layout
+
+    model, tok = tiny
+    prompts = random_prompts(tok, random.Random(31), 8, 2, 30)
+    queries = [tok(p)["input_ids"] for p in prompts]
+    steps = 12
+    eos = set(range(0, model.config.vocab_size, 8)) | {tok.eos_token_id}
+    with torch.inference_mode():
+        ids, mask = layout([], queries, tok.pad_token_id, torch.device("cpu"))
+        rec = _Recorder(model)
+        new = decode_batch(rec, tok, ids, mask, None, max_new_tokens=steps, stop=(), eos=eos, temperature=1.0,
+                           generator=torch.Generator().manual_seed(3), last_only=True)
+        assert len({len(t) for t in new}) > 2, "rows must leave the batch at different steps"
+        for k, logits in enumerate(rec.calls):
+            # a row that hit EOS after n tokens took part in calls 0..n; one that ran to the limit in 0..steps-1
+            alive = [r for r in range(len(queries)) if (k <= len(new[r]) if len(new[r]) < steps else k < steps)]
+            assert logits.shape[0] == len(alive), f"call {k}"
+            for b, r in enumerate(alive):
+                want = model(torch.tensor([queries[r] + new[r][:k]])).logits[0, -1].float()
+                torch.testing.assert_close(logits[b], want, atol=1e-4, rtol=1e-4, msg=f"call {k}, row {r}")
