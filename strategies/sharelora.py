@@ -43,8 +43,8 @@ class ShareLoRA(AdapterStrategy):
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         return apply_sharelora(model, self.adapter_config())
 
-    def save(self, model: torch.nn.Module, directory: str | os.PathLike) -> None:
-        save_sharelora(model, directory)
+    def save(self, model: torch.nn.Module, directory: str | os.PathLike, *, state_dict: dict | None = None) -> None:
+        save_sharelora(model, directory, state_dict=state_dict)
 
     def load(self, base_model: torch.nn.Module, directory: str | os.PathLike, *,
              is_trainable: bool = True) -> torch.nn.Module:

@@ -60,9 +60,10 @@ class AdapterStrategy(Strategy):
         """Closed-form trainable-parameter count of this adapter on an architecture config."""
         raise NotImplementedError(f"adapter strategy {self.name!r} must implement expected_params()")
 
-    def save(self, model: torch.nn.Module, directory: str | os.PathLike) -> None:
-        """Default: peft's save_pretrained (adapter_config.json + adapter_model.safetensors)."""
-        model.save_pretrained(str(directory))
+    def save(self, model: torch.nn.Module, directory: str | os.PathLike, *, state_dict: dict | None = None) -> None:
+        """Default: peft's save_pretrained (adapter_config.json + adapter_model.safetensors). `state_dict`:
+        the tensors gathered whole, for a model that holds only shards (train.engine=fsdp)."""
+        model.save_pretrained(str(directory), **({} if state_dict is None else {"state_dict": state_dict}))
 
     def load(self, base_model: torch.nn.Module, directory: str | os.PathLike, *,
              is_trainable: bool = True) -> torch.nn.Module:

@@ -18,23 +18,11 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from .. import atomic
-from ..adapters.model import save_sharelora
-from ..adapters.sharing import SPEC_ATTR
 from ..evaluation.base import Evaluator
 from ..evaluation.items import merge_shards, shard_indices
 from . import engine
 from .distributed import Dist
 from .results import ResultsStore, write_items
-
-
-def save_gathered(model, directory, state_dict: dict) -> None:
-    """What the lora and sharelora adapter strategies' `save` writes (the adapters train.engine=fsdp allows,
-    engine.FSDP_ADAPTERS): peft's save_pretrained, plus sharelora.json for ShareLoRA, here from the tensors
-    gathered whole because the sharded model itself holds only shards."""
-    if getattr(model, SPEC_ATTR, None) is not None:
-        save_sharelora(model, directory, state_dict=state_dict)
-    else:
-        model.save_pretrained(str(directory), state_dict=state_dict)
 
 
 class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
@@ -96,8 +84,8 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
             with atomic.directory(self.run_dir / "adapters" / f"exp_{self.store.done}") as tmp:
                 if gathered is None:
                     self.adapter.save(strategy.model, tmp)
-                else:
-                    save_gathered(strategy.model, tmp, gathered)
+                else:   # only lora and sharelora run sharded (engine.FSDP_ADAPTERS); both take the gathered tensors
+                    self.adapter.save(strategy.model, tmp, state_dict=gathered)
                 for plugin in strategy.plugins:  # CL methods whose row needs more than the trained adapter
                     if hasattr(plugin, "save_adapters"):
                         plugin.save_adapters(strategy.model, tmp)
