@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_multiprocess import ACCELERATE, ARGS, STRATEGIES, STREAM, _run, _same_adapters
+from test_multiprocess import (ACCELERATE, ARGS, STRATEGIES, STREAM, _run, _same_adapters, _same_results,
+                               killed_and_resumed_equals_uninterrupted)
 
 FSDP = ["--set", "train.engine=fsdp"]
 
@@ -112,14 +112,10 @@ def test_fsdp_on_two_processes_reaches_the_adapter_and_r_of_one_process(tmp_path
     done = _run([*ACCELERATE, *args, *FSDP, "--out", str(two)], tmp_path)
     assert done.stdout.count("results:") == 2
     _run([sys.executable, "-m", "clsharelora.cli", *args, "--out", str(one)], tmp_path)
-    r2 = json.loads((two / "results.json").read_text())
-    r1 = json.loads((one / "results.json").read_text())
-    assert r1["cost"]["optimizer_steps"] == r2["cost"]["optimizer_steps"] == [2, 6]
+    r1, r2 = _same_results(one, two)
+    assert r1["cost"]["optimizer_steps"] == [2, 6]
     assert (r1["run"]["batching"]["accumulation"], r2["run"]["batching"]["accumulation"]) == (4, 2)
     _same_adapters(one, two)
-    for score in ("accuracy", "nll"):
-        np.testing.assert_allclose(np.array(r2["matrices"][score]), np.array(r1["matrices"][score]),
-                                   rtol=1e-5, atol=1e-6)
     if strategy == "share_a":   # the gathered save is the peft + sharelora.json format, and loads tied
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_config(configs.tiny_llama())
@@ -138,48 +134,12 @@ def test_the_cl_methods_fsdp_allows_reach_the_adapter_and_r_of_one_process(tmp_p
     _run([sys.executable, "-m", "clsharelora.cli", *args, "--out", str(one)], tmp_path)
     exps = sorted(p.name for p in (one / "adapters").iterdir())
     _same_adapters(one, two, exps=exps)
-    r2 = json.loads((two / "results.json").read_text())
-    r1 = json.loads((one / "results.json").read_text())
-    assert r1["cost"]["optimizer_steps"] == r2["cost"]["optimizer_steps"]
-    for score in ("accuracy", "nll"):
-        np.testing.assert_allclose(np.array(r2["matrices"][score]), np.array(r1["matrices"][score]),
-                                   rtol=1e-5, atol=1e-6)
+    _same_results(one, two)
 
 
 @pytest.mark.slow
 def test_fsdp_two_processes_killed_mid_experience_resume_to_the_uninterrupted_run(tmp_path):
-    import signal
-    import time
-
-    stream = tmp_path / "epochs.yaml"
-    stream.write_text(STREAM)
-    args = [*ACCELERATE, *ARGS, *STRATEGIES["share_a"], *FSDP, "--stream", str(stream),
-            "--set", "train.checkpoint_every=1"]
-    ref = tmp_path / "ref"
-    _run([*args, "--out", str(ref)], tmp_path)
-    out = tmp_path / "killed"
-    latest = out / "checkpoints" / "LATEST"
-    proc = subprocess.Popen([*args, "--out", str(out)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    killed_at, deadline = None, time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        tag = latest.read_text().strip() if latest.is_file() else ""
-        if tag.endswith("done-1") and int(tag.split("-")[1]) >= 4:   # experience 2 has run 2 of its 6 steps
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed_at = tag
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert killed_at, "the run finished before it could be killed mid-experience"
-    done = _run([*args, "--out", str(out), "--resume"], tmp_path)
-    assert "resuming" in done.stdout
-    _same_adapters(ref, out, rtol=1e-5, atol=1e-7)
-    r_ref = json.loads((ref / "results.json").read_text())
-    r_out = json.loads((out / "results.json").read_text())
-    for score in ("accuracy", "nll"):
-        np.testing.assert_allclose(np.array(r_out["matrices"][score]), np.array(r_ref["matrices"][score]),
-                                   rtol=1e-6, atol=1e-7)
+    killed_and_resumed_equals_uninterrupted(tmp_path, FSDP)
 
 
 # ------------------------------------------------------------------------------------- refused up front

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from test_multiprocess import kill_at_checkpoint
+
 STREAM = """\
 name: resume
 experiences:
@@ -88,17 +90,8 @@ def test_sigkill_mid_experience_then_resume_is_bit_identical(reference):
     latest = out / "checkpoints" / "LATEST"
     proc = subprocess.Popen(_cmd(stream, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        tag = latest.read_text().strip() if latest.is_file() else ""
-        # step-00000005-done-1: mid-experience checkpoint of experience 2 (1 done), 3 of its 12 steps done
-        if tag.endswith("done-1") and int(tag.split("-")[1]) >= 5:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed_at = tag
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
+    # step-00000005-done-1: mid-experience checkpoint of experience 2 (1 done), 3 of its 12 steps done
+    killed_at = kill_at_checkpoint(proc, latest, min_step=5, timeout=300)
     assert killed_at, "the run finished before it could be killed mid-experience"
     rows_before = json.loads((out / "results.json").read_text())["scores"]
     # The dead run's lock file stays behind, naming it; the kernel released the lock itself, so it never blocks.
