@@ -5,7 +5,8 @@ Parts (--only): adapters (LoRA vs ShareA/B/AB cost), overhead (our Avalanche str
 neighbour (the demo's step beside a one-core busy loop, as a ratio to the lone step), lwf
 (LwF's step time vs naive, issue #13), gradsync (gradient synchronisation: DDP vs the old per-tensor loop,
 2 gloo processes, issue #15), evalshard (MMLU scoring sharded by items over 2 gloo processes vs 1 process on
-the same CPUs, issue #15).
+the same CPUs, issue #15), batching (teacher-forced scoring of the demo stream with full batches vs
+padding-aware batches, and one forward's cost in tokens, issue #15).
 Every table and JSON carries the CPU model, torch's CPU capability, native bf16 and the thread choice, so
 figures from different machines are never read as one machine's.
 `--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
@@ -27,7 +28,8 @@ from clsharelora.errors import UserError
 
 from .timing import PROJECT_ROOT, fmt_stats
 
-PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync", "evalshard")
+PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync", "evalshard",
+         "batching")
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -40,7 +42,8 @@ FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             scaling_reps=2, meta_models=("llama2-7b", "llama2-13b", "llama3-8b"), meta_ranks=(8, 64), isolate=True,
             neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2,
             gradsync_batch=2, gradsync_seq=128, gradsync_steps=4, gradsync_blocks=5,
-            evalshard_n=48, evalshard_shots=5, evalshard_reps=2)
+            evalshard_n=48, evalshard_shots=5, evalshard_reps=2,
+            batching_reps=3, batching_mmlu_n=32, batching_seq=64)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
              overhead_reps=1,
              overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, gsm8k_new_tokens=4,
@@ -49,7 +52,8 @@ QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhe
              scaling_reps=1, meta_models=("llama2-7b",), meta_ranks=(8,), isolate=False,
              neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1,
              gradsync_batch=1, gradsync_seq=16, gradsync_steps=1, gradsync_blocks=1,
-             evalshard_n=4, evalshard_shots=0, evalshard_reps=1)
+             evalshard_n=4, evalshard_shots=0, evalshard_reps=1,
+             batching_reps=1, batching_mmlu_n=4, batching_seq=8)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -268,9 +272,25 @@ def table_evalshard(res: dict) -> list[str]:
             f"{'yes' if res['items_equal'] else 'NO'}"]
 
 
+def table_batching(res: dict) -> list[str]:
+    o = res["overhead"]
+    lines = [f"Scoring batches: {res['model']} on {res['device']}, {res['threads']} thread(s), eval batch "
+             f"{res['batch_size']}, {res['reps']} alternating rounds; full = length-sorted batches of "
+             f"{res['batch_size']}, cut = padding-aware (forward_cost {res['forward_cost']} tokens)",
+             f"  one forward's cost: 8 x {o['seq']} tokens as 1 batch {fmt_stats(o['batch_of_8'])}, as 8 singles "
+             f"{fmt_stats(o['eight_singles'])} -> {o['overhead_tokens']['median']:.1f} tokens per extra forward"]
+    for r in res["rows"]:
+        lines.append(f"  {r['task']:18s} {r['items']:3d} items  full {fmt_stats(r['full'])}  cut "
+                     f"{fmt_stats(r['cut'])}  full / cut {r['ratio']:.2f}  same values: "
+                     f"{'yes' if r['same_values'] else 'NO'}")
+    lines.append(f"  all passes: full {fmt_stats(res['total_full'])}, cut {fmt_stats(res['total_cut'])}, "
+                 f"full / cut (paired median) {res['total_ratio']:.2f}")
+    return lines
+
+
 TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
           "meta": table_meta, "neighbour": table_neighbour, "lwf": table_lwf,
-          "gradsync": table_gradsync, "evalshard": table_evalshard}
+          "gradsync": table_gradsync, "evalshard": table_evalshard, "batching": table_batching}
 
 
 def ratio_table(results: dict[str, dict]) -> list[str]:
@@ -320,6 +340,11 @@ def ratio_table(results: dict[str, dict]) -> list[str]:
         e = results["evalshard"]
         lines.append(f"{'MMLU scoring, 2 ranks / 1 rank, same CPUs':44s} {e['ratio']:9.3f} {'-':>9s}  "
                      f"(measured; per-item equal: {'yes' if e['items_equal'] else 'NO'})")
+    if "batching" in results:
+        b = results["batching"]
+        lines.append(f"{'scoring, full / padding-aware batches':44s} {b['total_ratio']:9.3f} {'-':>9s}  "
+                     f"(measured; demo stream + MMLU 5-shot, eval batch {b['batch_size']}; same values: "
+                     f"{'yes' if b['same_values'] else 'NO'})")
     if "meta" in results:
         ok = all(x["closed_form_ok"] for x in results["meta"]["rows"])
         lines.append(f"{'meta-device counts = closed form':44s} {'all' if ok else 'NOT all':>9s} {'all':>9s}  "
@@ -384,6 +409,11 @@ def run_part(part: str, s: dict, args, log) -> dict:
         return eval_sharding.run(model_name=s["model"], n=s["evalshard_n"], shots=s["evalshard_shots"],
                                  batch_size=s["eval_batch"], reps=s["evalshard_reps"],
                                  cpus=args.threads or usable_cpus(), log=log)
+    if part == "batching":
+        from . import scoring_batches
+
+        return scoring_batches.run(model_name=s["model"], reps=s["batching_reps"], paper_mmlu_n=s["batching_mmlu_n"],
+                                   overhead_seq=s["batching_seq"], device=args.device, log=log)
     from . import meta_table
 
     return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)

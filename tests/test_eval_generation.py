@@ -128,6 +128,53 @@ def test_length_sorted_batches_cover_every_index_once():
         length_sorted_batches(lengths, 0)
 
 
+def set_partitions(items: list[int], most: int):
+    """Every partition of `items` into blocks of at most `most` (brute force, small n)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in set_partitions(rest, most):
+        yield [[first], *part]
+        for k, block in enumerate(part):
+            if len(block) < most:
+                yield [*part[:k], [first, *block], *part[k + 1:]]
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_padding_aware_batches_are_the_cheapest_of_all_partitions(trial):
+    """Against brute force over every partition (not only contiguous ones): padded tokens + forward_cost
+    per forward is minimal; batch sizes are respected; the batch with most padded tokens comes first."""
+    import random
+
+    rnd = random.Random(trial * 7919 + random.randrange(10**6))
+    lengths = [rnd.choice([rnd.randint(1, 20), rnd.randint(50, 600)]) for _ in range(rnd.randint(1, 7))]
+    batch_size, cost = rnd.randint(1, 4), rnd.choice([0.0, 16.0, 150.0])
+
+    def total(batches):
+        return sum(len(b) * max(lengths[i] for i in b) + cost for b in batches)
+
+    got = length_sorted_batches(lengths, batch_size, forward_cost=cost)
+    assert sorted(i for b in got for i in b) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= batch_size for b in got)
+    best = min(total(p) for p in set_partitions(list(range(len(lengths))), batch_size))
+    assert total(got) == pytest.approx(best), (lengths, batch_size, cost, got)
+    padded = [len(b) * max(lengths[i] for i in b) for b in got]
+    assert padded[0] == max(padded)
+
+
+def test_cheap_forwards_stop_padding_short_items_to_a_long_one():
+    """The demo's MMLU-Pro lengths: full batches of 8 pad eight items to 577 tokens; at a CPU's forward
+    cost the long items go alone and the total computed tokens fall by over a third."""
+    lengths = [84, 109, 136, 137, 142, 152, 165, 183, 183, 191, 217, 223, 235, 254, 347, 577]
+    full = length_sorted_batches(lengths, 8)
+    cut = length_sorted_batches(lengths, 8, forward_cost=16.0)
+    tokens = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert tokens(full) == 8 * 577 + 8 * 183
+    assert tokens(cut) < 0.65 * tokens(full)
+    assert [lengths[i] for i in cut[0]] == [577] or [577] in [[lengths[i] for i in b] for b in cut]
+
+
 def test_eval_context_restores_training_mode(tiny):
     model, _ = tiny
     model.train()

@@ -56,6 +56,26 @@ def test_answer_nll_equals_token_weighted_per_example_losses(tiny):
         assert gc == c and gs == pytest.approx(s, rel=1e-5)
 
 
+def test_cpu_scoring_does_not_pad_short_items_to_a_long_ones_length(tiny):
+    """On a CPU a forward costs about 16 tokens, so a 3-token prompt is never padded to 300 tokens: the
+    widest forward over the short prompts stays short (full batches would make it 300 wide), and the
+    per-item NLLs still equal the unpadded per-example ones."""
+    model, tok = tiny
+    pairs = random_pairs(seed=random.randrange(10**6), n=5) + [(" ".join(WORDS * 12) + "\nAnswer:", " seven")]
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, k: widths.append(tuple(k["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        got = target_nlls(model, tok, pairs, batch_size=8)
+    finally:
+        hook.remove()
+    long_len = len(tok(pairs[-1][0] + pairs[-1][1])["input_ids"])
+    assert (1, long_len) in widths and all(w < 60 for b, w in widths if (b, w) != (1, long_len))
+    for (p, t), (gs, gc) in zip(pairs, got):
+        s, c = independent_sum_and_count(model, tok, p, t)
+        assert gc == c and gs == pytest.approx(s, rel=1e-5)
+
+
 def test_random_model_nll_is_near_uniform(tiny):
     model, tok = tiny
     nll = answer_nll(model, tok, random_pairs(seed=1, n=4))

@@ -15,7 +15,10 @@ from tqdm.auto import tqdm
 
 from ..encoding import encode_pair
 from ..errors import ConfigError
-from .generation import context_cache, expand_cache, group_by_context, layout, length_sorted_batches, model_device, pad_id
+from .generation import (
+    context_cache, expand_cache, forward_cost_tokens, group_by_context, layout, length_sorted_batches, model_device,
+    pad_id,
+)
 
 
 def _last_logits(model, prefix: list[int], cache, queries: list[list[int]], keep: int, pad: int) -> torch.Tensor:
@@ -31,16 +34,27 @@ def _last_logits(model, prefix: list[int], cache, queries: list[list[int]], keep
     return out.logits[:, -keep:].float()
 
 
+#: `forward_cost` default of the scoring functions: `forward_cost_tokens` of the model's device.
+FOR_DEVICE = "for the device"
+
+
+def _forward_cost(model, forward_cost):
+    return forward_cost_tokens(model_device(model)) if forward_cost == FOR_DEVICE else forward_cost
+
+
 @torch.inference_mode()
 def target_nlls(
     model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8, progress: str | None = None,
+    forward_cost: float | None | str = FOR_DEVICE,
 ) -> list[tuple[float, int]]:
-    """Per pair: (summed NLL in nats of the target tokens given the prompt, number of target tokens)."""
+    """Per pair: (summed NLL in nats of the target tokens given the prompt, number of target tokens).
+    `forward_cost`: how batches are cut (`length_sorted_batches`)."""
     encoded = [encode_pair(tokenizer, p, t) for p, t in pairs]
     pad = pad_id(tokenizer)
     out: list[tuple[float, int] | None] = [None] * len(encoded)
     bar = tqdm(total=len(encoded), desc=progress, disable=progress is None, leave=False)
-    for batch in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
+    cost = _forward_cost(model, forward_cost)
+    for batch in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size, forward_cost=cost):
         ids = [encoded[i][0] for i in batch]
         counts = [encoded[i][1] for i in batch]
         span = max(counts)
@@ -110,12 +124,13 @@ def _letter_context(prompt: str) -> str:
 def letter_logprobs(
     model, tokenizer, prompts: Sequence[str], letters: Sequence[str], *, batch_size: int = 8,
     progress: str | None = None, contexts: Sequence[str] | None = None,
+    forward_cost: float | None | str = FOR_DEVICE,
 ) -> torch.Tensor:
     """(N, len(letters)) log-probabilities, under the full-vocabulary softmax at the position after each
     prompt, of each option letter token: one forward per question, the lm-eval loglikelihood of " A".." J".
 
     `contexts[i]` (optional): a prefix of prompts[i] shared with others (the few-shot block), run once per
-    distinct context and reused from its KV cache."""
+    distinct context and reused from its KV cache. `forward_cost`: how batches are cut (`length_sorted_batches`)."""
     if not letters:
         raise ConfigError("letter_logprobs needs at least one letter")
     encoded, groups = group_by_context(tokenizer, prompts, contexts)
@@ -128,11 +143,12 @@ def letter_logprobs(
         letter_ids.append(cache_ids[tail])
     pad = pad_id(tokenizer)
     out = torch.empty((len(prompts), len(letters)), dtype=torch.float32)
+    cost = _forward_cost(model, forward_cost)
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, leave=False)
     for group in groups:
         cache = context_cache(model, group.prefix)
         p = len(group.prefix)
-        for batch in length_sorted_batches([len(encoded[i]) - p for i in group.indices], batch_size):
+        for batch in length_sorted_batches([len(encoded[i]) - p for i in group.indices], batch_size, forward_cost=cost):
             batch = [group.indices[j] for j in batch]
             logits = _last_logits(model, group.prefix, cache, [encoded[i][p:] for i in batch], 1, pad)
             logprobs = logits[:, -1].log_softmax(-1)
