@@ -90,10 +90,11 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, *, forward_co
 def forward_cost_tokens(device: torch.device) -> float | None:
     """What one more teacher-forced forward costs on `device`, in padded tokens, for `length_sorted_batches`.
 
-    CPU: a forward of the 135M model costs about 14 tokens' compute beyond its tokens (8 single rows of 64
-    tokens vs one batch of 8: 1.99 s vs 1.63 s at 1 thread, `make bench` part `batching`), so 16; on the demo
-    stream this halves MMLU/MMLU-Pro scoring time against full batches of 8. Other devices: None (full
-    batches, as before) - a GPU forward's fixed cost was not measured (no GPU was lent to this project)."""
+    CPU: one more forward of the 135M model costs about 14 tokens' compute (8 single rows of 64 tokens vs one
+    batch of 8: 2.31 s vs 1.93 s at 1 thread; `make bench` part `batching`, docs/benchmarks.md section 9),
+    so 16; on the demo stream that makes the MMLU/MMLU-Pro letter passes 1.5-1.6x faster than full batches
+    of 8. Other devices: None (full batches, as before): a GPU forward's fixed cost was not measured (no GPU
+    was lent to this project)."""
     return 16.0 if device.type == "cpu" else None
 
 
