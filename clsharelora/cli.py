@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "method appear when they are not the defaults)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    run.add_argument("--shared-row0", metavar="DIR",
+                     help="folder where runs share the untrained model's scores (row 0) when their settings and "
+                          "untrained function are identical; compare and study pass it (docs/evaluation.md)")
 
     compare = sub.add_parser("compare", help="run several strategies on the same stream, model and seed")
     _add_run_options(compare)
@@ -153,7 +156,7 @@ def _cmd_run(args) -> int:
         return 0
     from .training.runner import run
 
-    run_dir = run(config, resume=args.resume, progress=not args.no_progress)
+    run_dir = run(config, resume=args.resume, progress=not args.no_progress, shared_row0=args.shared_row0)
     print(f"results: {run_dir / 'results.json'}")
     return 0
 
@@ -196,10 +199,15 @@ def _cmd_compare(args) -> int:
         prepare(config, resume=resume(config))
     if args.jobs == 1:
         for config in configs:
-            run_dir = run(config, resume=resume(config), progress=not args.no_progress)
+            run_dir = run(config, resume=resume(config), progress=not args.no_progress,
+                          shared_row0=Path(args.out) / SHARED_ROW0)
             print(f"results: {run_dir / 'results.json'}")
         return 0
     return _compare_in_processes(configs, Path(args.out), jobs, threads, resume, progress=not args.no_progress)
+
+
+#: under a compare's --out: the folder where its runs share row 0 (training/shared_row0.py)
+SHARED_ROW0 = Path(".compare") / "row0"
 
 
 def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *, progress: bool) -> int:
@@ -221,7 +229,8 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
         config = dataclasses.replace(config, out=str(Path(config.out).resolve()))
         path = side / f"{Path(config.out).name}.yaml"
         atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-        todo.append(RunJob(Path(config.out).name, path, Path(config.out), side / f"{Path(config.out).name}.log"))
+        todo.append(RunJob(Path(config.out).name, path, Path(config.out), side / f"{Path(config.out).name}.log",
+                           shared_row0=(out / SHARED_ROW0).resolve()))
     by_dir = {job.run_dir: config for job, config in zip(todo, configs)}
     rows = {job.run_dir: len(load_stream(config.stream).experiences) + 1 for job, config in zip(todo, configs)}
     # One bar over the score rows of every run (before training + after each experience), read from each

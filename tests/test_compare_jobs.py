@@ -47,7 +47,11 @@ def test_jobs_2_equals_jobs_1_and_keeps_its_logs_hidden(tmp_path):
             np.testing.assert_allclose(np.array(a[run][score]), np.array(b[run][score]), rtol=1e-4, atol=1e-6)
     side = tmp_path / "j2" / ".compare"
     assert {p.name for p in side.iterdir()} == {"lora.yaml", "lora.log", "sharelora-share_ab-replay.yaml",
-                                                "sharelora-share_ab-replay.log"}
+                                                "sharelora-share_ab-replay.log", "row0"}
+    # row 0 was scored once: each task by one of the two runs, the other run read it
+    sources = [json.loads((tmp_path / "j2" / r / "results.json").read_text()).get("shared_row0", {})
+               for r in ("lora", "sharelora-share_ab-replay")]
+    assert sorted(t for s in sources for t in s) == ["gsm8k", "mmlu"]
     # run again with --resume: both runs are complete, so each child resumes and changes nothing
     again = subprocess.run(cli + ["--out", str(tmp_path / "j2"), "--jobs", "2", "--resume"], env=env,
                            capture_output=True, text=True, timeout=900)

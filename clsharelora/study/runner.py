@@ -109,8 +109,9 @@ class SessionLog:
 
 
 def cell_job(root: Path, cell: Cell) -> RunJob:
+    """The cell's run; its row 0 shared with the other cells of the same seed (training/shared_row0.py)."""
     paths = cell_paths(root, cell)
-    return RunJob(cell.key, paths["config"], paths["run"], paths["log"])
+    return RunJob(cell.key, paths["config"], paths["run"], paths["log"], shared_row0=(root / ".row0").resolve())
 
 
 def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool = False, progress: bool = True) -> int:

@@ -33,6 +33,8 @@ class ResultsStore:
         self.precision: dict[str, Any] = {}   # bf16 settings as requested and as used (CPU fallback to fp32)
         # per experience: what it trains on after the length policy (benchmarks/scenario.py TrainingData)
         self.training_data: dict[str, dict[str, Any]] = {}
+        # row-0 tasks another run of the same compare/study scored (training/shared_row0.py): task -> source
+        self.shared_row0: dict[str, dict[str, Any]] = {}
 
     @property
     def done(self) -> int:
@@ -75,6 +77,7 @@ class ResultsStore:
                         {score: [] for score in SCORES},
             "metrics": _jsonable(self.metrics()), "cost": self.cost, "training_data": self.training_data,
             "precision": self.precision, "scores": self.rows,
+            **({"shared_row0": self.shared_row0} if self.shared_row0 else {}),
         }
 
     def write(self, run_dir: str | Path) -> None:
@@ -93,6 +96,7 @@ class ResultsStore:
         store.cost = dict(data.get("cost", {}))
         store.precision = dict(data.get("precision", {}))
         store.training_data = dict(data.get("training_data", {}))  # absent in files written before it existed
+        store.shared_row0 = dict(data.get("shared_row0", {}))
         return store
 
     @classmethod

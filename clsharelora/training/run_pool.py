@@ -30,6 +30,7 @@ class RunJob:
     config: Path      # a YAML run config (`clsharelora run --config`)
     run_dir: Path     # where the config's `out` points: resumed when it already holds a run
     log: Path         # the child's stdout and stderr, appended
+    shared_row0: Path | None = None   # `run --shared-row0`: the folder where the runs share row 0
 
 
 def split_cpus(jobs: int) -> tuple[int, int]:
@@ -47,6 +48,8 @@ def run_one(job: RunJob, threads: int, resume: bool) -> tuple[int, float]:
     command = [sys.executable, "-m", "clsharelora.cli", "run", "--config", str(job.config), "--no-progress"]
     if resume:
         command.append("--resume")
+    if job.shared_row0 is not None:
+        command += ["--shared-row0", str(job.shared_row0)]
     job.log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(job.log, "a") as log:

@@ -25,7 +25,7 @@ from .. import hardware, models, registry
 from ..benchmarks.scenario import make_benchmark
 from ..benchmarks.stream import Stream, load_stream
 from ..config import RunConfig, accumulation_steps
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..evaluation.base import make_evaluator
 from ..paths import data_root
 from . import engine, preflight, rundir
@@ -36,6 +36,7 @@ from .environment import CostPlugin, param_costs
 from .metric_plugin import ContinualMetrics
 from .results import ResultsStore
 from .scoring import ScoringPlugin
+from .shared_row0 import SharedRow0
 from .template import CausalLMTemplate
 
 
@@ -195,10 +196,15 @@ def capped_sizes(stream: Stream, training_data, evaluators, eval_n: int | None) 
     return out
 
 
-def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+def run(config: RunConfig, *, resume: bool = False, progress: bool = True, shared_row0: str | Path | None = None,
+        ) -> Path:
     """Run (or resume) the stream; returns the run directory. Every input is validated (prepare, then data,
-    then weights and adapter) before the run directory is created."""
+    then weights and adapter) before the run directory is created. `shared_row0`: the folder where the runs
+    of one compare/study share their untrained model's scores (training/shared_row0.py); single process only."""
     prep = prepare(config, resume=resume)
+    if shared_row0 is not None and Path(shared_row0).exists() and not Path(shared_row0).is_dir():
+        raise UserError(f"--shared-row0 {shared_row0}: exists and is not a directory; give a folder (created "
+                        "when missing) or leave it out")
     cfg = prep.config
     dist = Dist.from_environment(cfg.device)   # rank, world size and this process's device (any number of nodes)
     device = dist.device
@@ -212,12 +218,13 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
     seed_everything(cfg.seed)
     benchmark, training_data = make_benchmark(prep.stream, tokenizer, max_length=cfg.train.max_length,
                                               seed=cfg.seed, data_root=prep.data_root)
-    evaluators = []
+    evaluators, eval_options = [], []
     for exp in prep.stream.experiences:
         options = {"batch_size": cfg.eval.batch_size, "autocast": cfg.eval.autocast, **exp.eval_options}
         if cfg.eval.n is not None:  # a run-level cap on top of the stream's subset sizes
             options["n"] = min(options.get("n") or cfg.eval.n, cfg.eval.n)
         evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
+        eval_options.append({**options, "seed": cfg.seed})   # what row 0 depends on (training/shared_row0.py)
     capped = capped_sizes(prep.stream, training_data, evaluators, cfg.eval.n)
     for c in capped if dist.is_main else ():
         print(f"note: experience {c['experience']!r}: {c['key']}={c['requested']} but the data hold "
@@ -248,8 +255,12 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
         checkpointer = Checkpointer(run_dir)
         checkpoint = CheckpointPlugin(checkpointer, store, every=cfg.train.checkpoint_every, plugins=cl_plugins,
                                       dist=dist)
+        shared = None
+        if shared_row0 is not None and dist.world_size == 1:
+            shared = SharedRow0(shared_row0, run_dir.name, tokenizer, evaluators, eval_options, model_name=cfg.model,
+                                dtype=cfg.dtype, autocast=cfg.eval.autocast)
         scoring = ScoringPlugin(evaluators, tokenizer, store, run_dir, adapter=prep.adapter, dist=dist,
-                                progress=progress)
+                                progress=progress, shared_row0=shared)
         loggers = make_loggers(cfg, run_dir) if dist.is_main else []
         evaluator = EvaluationPlugin(ContinualMetrics(store), loggers=loggers)
         budgets = {i: {"epochs": e.train.epochs, "max_steps": e.train.max_steps}
@@ -266,6 +277,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Pa
             rundir.check_rows_unchanged(run_dir, state["results"])
             restored = ResultsStore.from_json(state["results"])
             store.rows, store.cost = restored.rows, {**store.cost, **restored.cost}
+            store.shared_row0 = restored.shared_row0
             checkpoint.restore_weights(strategy, state)
             start = state["position"]["exp_index"]
             if dist.is_main:

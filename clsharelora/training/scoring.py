@@ -6,6 +6,8 @@ items are split across the ranks (balanced by prompt length, `evaluation.items.s
 per-item results gathered on every rank, so a task's score is computed from exactly the items one process
 would score, whatever the number of ranks. Under FSDP (train.engine=fsdp) every rank must run the same
 number of model forwards; engine.Lockstep (torch's Join) keeps them in step while the ranks score their shares.
+Row 0 (before training) may come from the runs of the same compare/study (`shared_row0`, one process only):
+training/shared_row0.py says when that is exact and how it is checked.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from ..evaluation.items import merge_shards, shard_indices
 from . import engine
 from .distributed import Dist
 from .results import ResultsStore, write_items
+from .shared_row0 import SharedRow0
 
 
 class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
     def __init__(self, evaluators: list[Evaluator], tokenizer, store: ResultsStore, run_dir: Path, *,
-                 adapter, dist: Dist | None = None, progress: bool = True):
+                 adapter, dist: Dist | None = None, progress: bool = True, shared_row0: SharedRow0 | None = None):
         super().__init__()
         self.evaluators = evaluators
         self.tokenizer = tokenizer
@@ -38,6 +41,7 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
         self.progress = progress
         self.eval_time_s = float(store.cost.get("eval_time_s", 0.0))
         self._lock: engine.Lockstep | None = None
+        self.shared_row0 = shared_row0 if self.dist.world_size == 1 else None
 
     def score(self, model) -> tuple[list[dict], dict[str, dict]]:
         """Every task's TaskScore dict in stream order, and {task: per-item results}; each task's items
@@ -71,9 +75,27 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
             self._lock = engine.Lockstep(model, self.dist)
         return self._lock
 
+    def score_row0(self, model) -> tuple[list[dict], dict[str, dict]]:
+        """Row 0: from the shared folder where another run of the compare/study scored the same function on
+        the same items, otherwise as any row (and then stored there for the others)."""
+        if self.shared_row0 is None:
+            return self.score(model)
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            parts, sources = self.shared_row0.score(model, lambda ev: ev.score_items(
+                model, self.tokenizer, list(range(len(ev.records))), progress=self.progress))
+        finally:
+            model.train(was_training)
+        self.eval_time_s += time.perf_counter() - start
+        scores = [ev.summarize(part) for ev, part in zip(self.evaluators, parts)]
+        self.store.shared_row0 = sources
+        return [s.as_dict() for s in scores], {s.task: s.items for s in scores}
+
     def before_training_exp(self, strategy, **kwargs):
         if not self.store.rows:
-            self._record(strategy, *self.score(strategy.model))
+            self._record(strategy, *self.score_row0(strategy.model))
 
     def after_training_exp(self, strategy, **kwargs):
         self._record(strategy, *self.score(strategy.model))
