@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from clsharelora.benchmarks.tokenized import IGNORE_INDEX
 from clsharelora.errors import ConfigError
 from clsharelora.registry import register
 from clsharelora.training.cl_base import CLContext, CLStrategy
@@ -26,13 +25,11 @@ from clsharelora.strategies import _adapter_copies as copies
 TEACHER = "lwf_teacher"
 
 
-def distillation_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """T^2 * sum over target tokens of KL(p_teacher/T || p_student/T); logits (B, S, V), labels (B, S) with
-    IGNORE_INDEX at non-targets (position s predicts label s + 1, as in the HF causal-LM loss)."""
-    mask = labels[:, 1:] != IGNORE_INDEX
-    student = student_logits[:, :-1][mask].float() / temperature
-    teacher = teacher_logits[:, :-1][mask].float() / temperature
+def distillation_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * sum over target tokens of KL(p_teacher/T || p_student/T); logits (target tokens, V): the
+    positions that predict a target, as the template projects them (`CausalLMTemplate.logit_positions`)."""
+    student = student_logits.float() / temperature
+    teacher = teacher_logits.float() / temperature
     kl = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="sum")
     return temperature ** 2 * kl
 
@@ -63,8 +60,8 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
         model.eval()
         try:
             with strategy._autocast():
-                return model(input_ids=strategy.mbatch["input_ids"],
-                             attention_mask=strategy.mbatch["attention_mask"]).logits
+                return model(input_ids=strategy.mbatch["input_ids"], attention_mask=strategy.mbatch["attention_mask"],
+                             logits_to_keep=strategy.logit_positions).logits   # the student's positions
         finally:
             model.train(was_training)
             model.base_model.set_adapter(copies.TRAINED)   # trainable again, the teacher frozen
@@ -73,7 +70,7 @@ class LwFPlugin(SupervisedPlugin, supports_distributed=True):
         if self.lwf_lambda == 0 or self.teacher_for != strategy.exp_index:
             return
         teacher = self.teacher_logits(strategy)
-        kd = distillation_sum(strategy.mb_output.logits, teacher, strategy.mbatch["labels"], self.temperature)
+        kd = distillation_sum(strategy.mb_output.logits, teacher, self.temperature)
         term = self.lwf_lambda * strategy.step_token_mean(kd)
         strategy.loss = strategy.loss + term
         self.last_distillation = float(kd.detach())

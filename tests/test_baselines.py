@@ -215,13 +215,17 @@ def test_kl_term_matches_hand_computation():
     g = torch.Generator().manual_seed(7)
     student, teacher = torch.randn(1, 4, 5, generator=g), torch.randn(1, 4, 5, generator=g)
     labels = torch.tensor([[-100, -100, 3, 1]])   # positions 1 and 2 predict target tokens
+    from clsharelora.training.template import target_positions
+
+    keep = target_positions(labels)               # the template projects only those positions
+    assert keep.tolist() == [[False, True, True, False]]
     T = 2.0
     expected = 0.0
     for pos in (1, 2):
         p = [float(v) for v in torch.softmax(teacher[0, pos] / T, -1)]
         q = [float(v) for v in torch.softmax(student[0, pos] / T, -1)]
         expected += sum(pi * (torch.tensor(pi).log() - torch.tensor(qi).log()).item() for pi, qi in zip(p, q))
-    assert float(distillation_sum(student, teacher, labels, T)) == pytest.approx(T * T * expected, rel=1e-5)
+    assert float(distillation_sum(student[keep], teacher[keep], T)) == pytest.approx(T * T * expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["share_a", "share_ab"])
@@ -249,9 +253,11 @@ def test_sharelora_teacher_is_a_tied_frozen_copy(variant):
     x = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(3))
     batch = {"input_ids": x, "attention_mask": torch.ones_like(x)}
     model.eval()
-    student = model(**batch).logits
-    teacher = plugin.teacher_logits(SimpleNamespace(mbatch=batch, _autocast=contextlib.nullcontext))
-    assert torch.equal(student, teacher)
+    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(4)) < 0.5   # the student's target positions
+    student = model(**batch, logits_to_keep=keep).logits
+    teacher = plugin.teacher_logits(SimpleNamespace(mbatch=batch, _autocast=contextlib.nullcontext,
+                                                    logit_positions=keep))
+    assert teacher.shape == student.shape and torch.equal(student, teacher)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(".default." in n for n in names)
 
@@ -271,7 +277,8 @@ def test_teacher_is_the_pre_experience_model(streams, monkeypatch):
 
     def spy(self, strategy):
         logits = original(self, strategy)
-        seen.append((strategy.mbatch["input_ids"].clone(), strategy.mbatch["attention_mask"].clone(), logits))
+        seen.append((strategy.mbatch["input_ids"].clone(), strategy.mbatch["attention_mask"].clone(),
+                     strategy.logit_positions.clone(), logits))
         return logits
 
     monkeypatch.setattr(LwFPlugin, "teacher_logits", spy)
@@ -281,8 +288,8 @@ def test_teacher_is_the_pre_experience_model(streams, monkeypatch):
     torch.manual_seed(0)
     base = models.load_model("tiny-llama", dtype=torch.float32, device="cpu", seed=0)
     before = adapter.load(base, run / "adapters" / "exp_1", is_trainable=False).eval()
-    for ids, mask, logits in seen:
-        assert torch.equal(before(input_ids=ids, attention_mask=mask).logits, logits)
+    for ids, mask, keep, logits in seen:
+        assert torch.equal(before(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits, logits)
     assert not _same(_adapter(run, 1), _adapter(run, 2))
 
 

@@ -92,6 +92,26 @@ def test_step_gradient_is_token_mean_over_whole_step(batch_size, accum, adapter,
         torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-6, msg=f"{name} (seed {seed})")
 
 
+def test_only_positions_that_predict_a_target_reach_the_vocabulary():
+    """The forward projects (target tokens, vocab) logits, not (batch, seq, vocab), and its loss is the HF
+    loss over the full logits (sum of target NLL / step tokens)."""
+    from types import SimpleNamespace
+
+    examples = _examples(int(torch.randint(0, 10_000, (1,))))
+    batch = PadCollator(0)(examples)
+    model = _model()
+    targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    fake = SimpleNamespace(engine_model=None, model=model, mbatch=batch, _step_tokens=targets,
+                           _autocast=lambda: torch.autocast("cpu", enabled=False))
+    out = CausalLMTemplate.forward(fake)
+    assert out.logits.shape == (targets, VOCAB) and int(fake.logit_positions.sum()) == targets
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 num_items_in_batch=targets)
+    assert full.logits.shape[:2] == batch["input_ids"].shape
+    torch.testing.assert_close(out.loss, full.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.logits, full.logits[fake.logit_positions], rtol=1e-5, atol=1e-5)
+
+
 def test_trainable_parameters_lists_shared_tensors_once():
     model = _model("sharelora", variant="share_ab")
     params = trainable_parameters(model)

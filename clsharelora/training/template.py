@@ -17,6 +17,11 @@ What changes from SupervisedTemplate, and why:
   unwrapped peft model that plugins, scoring and checkpoints use; with `train.engine: fsdp` the model is
   instead sharded in place by FSDP2 once (engine.fully_sharded), gradient sync off on all micro-steps but
   the last, and scoring, adapter saving and checkpoints gather through the engine;
+- only the positions that predict a target token are projected onto the vocabulary (`logits_to_keep` as a
+  boolean mask, the loss given those positions' labels as `shift_labels`): an MMLU example is ~150 prompt
+  tokens and one answer token, and the vocabulary projection is a fifth of SmolLM2's forward, so its cost
+  and its (tokens x vocabulary) logits follow the targets, not the sequence; `mb_output.logits` is then
+  (target tokens, vocabulary), in row-major order, and `logit_positions` the (batch, seq) mask behind it;
 - gradient clipping, bf16 autocast, gradient checkpointing, and mid-experience resume (skip consumed batches).
 Plugins see the usual Avalanche callbacks; `before_update` fires once per optimizer step.
 """
@@ -58,6 +63,14 @@ def plan_steps(examples: int, global_batch: int, *, epochs: int, max_steps: int 
     if max_steps:
         return max_steps, math.ceil(max_steps / max(per_epoch, 1))
     return per_epoch * epochs, epochs
+
+
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) bool: the positions whose next token is a target (position s predicts label s + 1, the
+    HF causal-LM shift); the last position predicts nothing."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
 
 
 class CausalLMTemplate(SupervisedTemplate):
@@ -163,9 +176,13 @@ class CausalLMTemplate(SupervisedTemplate):
 
     def forward(self):
         model = self.engine_model if self.engine_model is not None else self.model
+        labels = self.mbatch["labels"]
+        self.logit_positions = target_positions(labels)
         with self._autocast():
             return model(input_ids=self.mbatch["input_ids"], attention_mask=self.mbatch["attention_mask"],
-                         labels=self.mbatch["labels"], num_items_in_batch=self._step_tokens)
+                         labels=labels, logits_to_keep=self.logit_positions,
+                         shift_labels=labels[:, 1:][self.logit_positions[:, :-1]],
+                         num_items_in_batch=self._step_tokens)
 
     def criterion(self):
         # The HF loss is sum(token NLL) / num_items_in_batch; gradients of all micro-batches and all ranks
