@@ -143,12 +143,13 @@ def test_a_task_whose_scorer_died_is_scored_by_the_waiting_run(tmp_path, tiny):
     assert calls == [1]
 
 
-def test_a_corrupt_entry_is_scored_again_and_replaced(tmp_path, tiny):
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_entry_is_scored_again_and_replaced(tmp_path, tiny, damage):
     model, tok = tiny
     evs = [FakeEvaluator("mmlu")]
     shared(tmp_path, "a", tok, evs).score(model, items_of)
     entry = next(tmp_path.glob("*.npz"))
-    entry.write_bytes(b"not a zip")
+    entry.write_bytes(b"not a zip" if damage == "garbage" else entry.read_bytes()[: entry.stat().st_size // 2])
     calls = []
     got, sources = shared(tmp_path, "b", tok, evs).score(model, lambda ev: calls.append(1) or items_of(ev, 7.0))
     assert calls == [1] and sources == {} and got[0]["nll_sum"][0] == 7.0

@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -180,7 +181,7 @@ class SharedRow0:
                 if info.get("key") == key:
                     sources[ev.task] = {"key": key, "scored_by": info.get("scored_by")}
                     return items
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
                 pass   # an unreadable entry is scored again and replaced
         items = compute(ev)
         atomic.write_bytes(data, _save_items(items))
