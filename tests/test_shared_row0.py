@@ -18,6 +18,7 @@ from clsharelora.cli import main
 from clsharelora.models import load_model, load_tokenizer
 from clsharelora.training.results import read_items
 from clsharelora.training.shared_row0 import SharedRow0, _flock, function_fingerprint
+from test_compare_jobs import CONFIG     # the same tiny run config
 from test_study_runner import STREAM   # the same tiny two-task stream
 
 
@@ -154,15 +155,6 @@ def test_a_corrupt_entry_is_scored_again_and_replaced(tmp_path, tiny, damage):
     got, sources = shared(tmp_path, "b", tok, evs).score(model, lambda ev: calls.append(1) or items_of(ev, 7.0))
     assert calls == [1] and sources == {} and got[0]["nll_sum"][0] == 7.0
     assert shared(tmp_path, "c", tok, evs).score(model, lambda ev: pytest.fail("recomputed"))[0][0]["nll_sum"][0] == 7.0
-
-
-CONFIG = """model: tiny-llama
-stream: {stream}
-adapter: {{name: sharelora, variant: share_a, r: 2}}
-train: {{batch_size: 2, max_length: 256}}
-eval: {{batch_size: 2}}
-loggers: ""
-"""
 
 
 def test_in_a_compare_the_second_run_reads_row0_and_it_equals_its_own_scoring(tmp_path):
