@@ -43,28 +43,32 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
         self._lock: engine.Lockstep | None = None
         self.shared_row0 = shared_row0 if self.dist.world_size == 1 else None
 
-    def score(self, model) -> tuple[list[dict], dict[str, dict]]:
+    def score(self, model, *, row0: bool = False) -> tuple[list[dict], dict[str, dict]]:
         """Every task's TaskScore dict in stream order, and {task: per-item results}; each task's items
-        are split over the ranks and gathered."""
+        are split over the ranks and gathered. `row0`: the untrained model's row, read from the runs of the
+        same compare/study where they scored the same function on the same items (`shared_row0`)."""
         start = time.perf_counter()
         was_training = model.training
         model.eval()
-        row, items = [], {}
         lockstep = self._lockstep(model)
         try:
-            for evaluator in self.evaluators:
-                n = len(evaluator.records)
-                mine = shard_indices(evaluator.item_costs(), self.dist.world_size)[self.dist.rank]
-                with lockstep.items() if lockstep else contextlib.nullcontext():
-                    part = evaluator.score_items(model, self.tokenizer, mine, progress=self.progress)
-                merged = merge_shards(self.dist.gather_objects((mine, part)), n)
-                score = evaluator.summarize(merged)
-                row.append(score.as_dict())
-                items[evaluator.task] = score.items
+            if row0 and self.shared_row0 is not None:
+                parts, self.store.shared_row0 = self.shared_row0.score(
+                    model, lambda ev: self._score_task(ev, model, lockstep))
+            else:
+                parts = [self._score_task(ev, model, lockstep) for ev in self.evaluators]
         finally:
             model.train(was_training)
         self.eval_time_s += time.perf_counter() - start
-        return row, items
+        scores = [ev.summarize(part) for ev, part in zip(self.evaluators, parts)]
+        return [sc.as_dict() for sc in scores], {sc.task: sc.items for sc in scores}
+
+    def _score_task(self, evaluator: Evaluator, model, lockstep) -> dict:
+        """One task's per-item results over all its items: this rank's share scored, every share gathered."""
+        mine = shard_indices(evaluator.item_costs(), self.dist.world_size)[self.dist.rank]
+        with lockstep.items() if lockstep else contextlib.nullcontext():
+            part = evaluator.score_items(model, self.tokenizer, mine, progress=self.progress)
+        return merge_shards(self.dist.gather_objects((mine, part)), len(evaluator.records))
 
     def _lockstep(self, model) -> engine.Lockstep | None:
         """For an FSDP-sharded model, the Join that gives every rank the same number of forwards (ranks score
@@ -75,27 +79,9 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
             self._lock = engine.Lockstep(model, self.dist)
         return self._lock
 
-    def score_row0(self, model) -> tuple[list[dict], dict[str, dict]]:
-        """Row 0: from the shared folder where another run of the compare/study scored the same function on
-        the same items, otherwise as any row (and then stored there for the others)."""
-        if self.shared_row0 is None:
-            return self.score(model)
-        start = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        try:
-            parts, sources = self.shared_row0.score(model, lambda ev: ev.score_items(
-                model, self.tokenizer, list(range(len(ev.records))), progress=self.progress))
-        finally:
-            model.train(was_training)
-        self.eval_time_s += time.perf_counter() - start
-        scores = [ev.summarize(part) for ev, part in zip(self.evaluators, parts)]
-        self.store.shared_row0 = sources
-        return [s.as_dict() for s in scores], {s.task: s.items for s in scores}
-
     def before_training_exp(self, strategy, **kwargs):
         if not self.store.rows:
-            self._record(strategy, *self.score_row0(strategy.model))
+            self._record(strategy, *self.score(strategy.model, row0=True))
 
     def after_training_exp(self, strategy, **kwargs):
         self._record(strategy, *self.score(strategy.model))
