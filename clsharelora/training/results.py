@@ -133,12 +133,16 @@ def write_items(run_dir: str | Path, row: int, items: dict[str, dict[str, np.nda
         arrays[f"{task}.id"] = np.asarray([str(i) for i in ids[task]], dtype=str)
         for key, value in fields.items():
             arrays[f"{task}.{key}"] = np.asarray(value)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
     path = items_path(run_dir, row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(path, buffer.getvalue())
+    write_arrays(path, arrays)
     return path
+
+
+def write_arrays(path: str | Path, arrays: dict[str, Any]) -> None:
+    """{name: array} as a compressed .npz, written atomically (a reader sees the old file or the new one)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def read_items(run_dir: str | Path, row: int) -> dict[str, dict[str, np.ndarray]]:

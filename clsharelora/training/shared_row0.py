@@ -28,7 +28,6 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import zipfile
@@ -41,6 +40,7 @@ import torch
 from .. import atomic
 from ..evaluation.base import Evaluator
 from ..evaluation.items import Items, check_items
+from .results import write_arrays
 
 PROBE_SEED = 20261128
 PROBE_LENGTHS = (24, 17)   # two rows of different lengths: the probe goes through padding and the mask
@@ -93,12 +93,6 @@ def evaluator_fingerprint(evaluator: Evaluator, options: dict) -> str:
     records = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else repr(r) for r in evaluator.records]
     return _sha(evaluator.task, json.dumps(options, sort_keys=True, default=str),
                 json.dumps(records, sort_keys=True, default=str))
-
-
-def _save_items(items: Items) -> bytes:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in items.items()})
-    return buffer.getvalue()
 
 
 def _load_items(path: Path) -> Items:
@@ -184,6 +178,6 @@ class SharedRow0:
             except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
                 pass   # an unreadable entry is scored again and replaced
         items = compute(ev)
-        atomic.write_bytes(data, _save_items(items))
+        write_arrays(data, items)
         atomic.write_json(meta, {"key": key, "task": ev.task, "scored_by": self.run_name})
         return items
