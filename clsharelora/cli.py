@@ -1,4 +1,4 @@
-"""`clsharelora` command line: run, compare, report, list, bench.
+"""`clsharelora` command line: run, compare, study, report, list, bench.
 
 User mistakes (bad YAML, unknown names, missing data, impossible values) print one `error:` line and exit 2;
 nothing is written before the inputs are validated.
@@ -27,7 +27,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", help="stream YAML path or name in streams/ (default: streams/demo.yaml)")
     p.add_argument("--model", help="registry name (clsharelora list), HF hub id or local path")
     p.add_argument("--cl", help="continual-learning method: naive (default), replay, ewc, ...")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of data subsets, adapter init and training order (default: 0)")
     p.add_argument("--data-root", help="benchmark data root (default: $CLSHARELORA_DATA or ../shared/data)")
     p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -75,16 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--flops", type=float, help="sustained FLOP/s assumed by --dry-run's estimate")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    report = sub.add_parser("report", help="plots, tables and report.md/.html from run directories")
-    report.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR... --out DIR (see clsharelora report -h)")
+    # report and bench parse their own options (analysis/report.py, bench/run.py): `main` hands them the rest
+    # of the command line as it is, so `clsharelora report --help` prints report's options
+    sub.add_parser("report", help="plots, tables and report.md/.html from run directories", add_help=False)
 
     lst = sub.add_parser("list", help="known models, strategies, streams and tasks")
     lst.add_argument("--verbose", "-v", action="store_true",
                      help="also every strategy's options with defaults and help (imports the plug-ins)")
 
-    bench = sub.add_parser("bench", help="benchmarks (make bench)")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="benchmarks (make bench)", add_help=False)
     return parser
+
+
+#: subcommands whose options their own parser reads (analysis/report.py, bench/run.py)
+DELEGATED = {"report": "clsharelora.analysis.report", "bench": "clsharelora.bench.run"}
 
 
 def _config_from_args(args, *, adapter: str | None = None, variant: str | None = None, cl: str | None = None,
@@ -312,6 +316,15 @@ def _quiet_third_party_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party_warnings()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        try:
+            return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
     args = parser.parse_args(argv)
     try:
         from .hardware import apply_cpu_threads
@@ -325,14 +338,6 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_list(args)
         if args.command == "study":
             return _cmd_study(args)
-        if args.command == "report":
-            from clsharelora.analysis.report import main as report_main
-
-            return report_main(args.args)
-        if args.command == "bench":
-            from clsharelora.bench.run import main as bench_main
-
-            return bench_main(args.args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
