@@ -26,7 +26,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML run config (keys as in `clsharelora run --print-config`)")
     p.add_argument("--stream", help="stream YAML path or name in streams/ (default: streams/demo.yaml)")
     p.add_argument("--model", help="registry name (clsharelora list), HF hub id or local path")
-    p.add_argument("--cl", help="continual-learning method: naive (default), replay, ewc, ...")
     p.add_argument("--seed", type=int, help="seed of data subsets, adapter init and training order (default: 0)")
     p.add_argument("--data-root", help="benchmark data root (default: $CLSHARELORA_DATA or ../shared/data)")
     p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
@@ -47,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.add_argument("--strategy", help="adapter strategy: sharelora (default), lora, vera, ...")
     run.add_argument("--variant", help="ShareLoRA variant: share_a | share_b | share_ab")
+    run.add_argument("--cl", help="continual-learning method: naive (default), replay, ewc, ...")
     run.add_argument("--out", help="run directory (default: runs/<name>)")
     run.add_argument("--name", help="run name (default: <stream>-<strategy>[-<variant>][-<cl>]; variant and CL "
                                     "method appear when they are not the defaults)")
@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="run several strategies on the same stream, model and seed")
     _add_run_options(compare)
     compare.add_argument("--strategies", default="lora,sharelora",
-                         help="comma list of ADAPTER[:VARIANT][+CL], e.g. lora,sharelora:share_a,lora+replay")
+                         help="comma list of ADAPTER[(K=V,...)][:VARIANT][+CL[(K=V,...)]], e.g. "
+                              "lora,sharelora:share_a,lora+ewc(ewc_lambda=100); a spec without +CL trains naively "
+                              "whatever the config's cl: block says (docs/studies.md)")
     compare.add_argument("--out", required=True, help="parent directory; one run directory per strategy")
     compare.add_argument("--resume", action="store_true", help="resume runs that exist, start the others")
     compare.add_argument("--jobs", type=int, default=1,
@@ -92,7 +94,8 @@ DELEGATED = {"report": "clsharelora.analysis.report", "bench": "clsharelora.benc
 
 
 def _config_from_args(args, *, adapter: str | None = None, variant: str | None = None, cl: str | None = None,
-                      out: str | None = None, name: str | None = None):
+                      out: str | None = None, name: str | None = None, spec=None):
+    """defaults < --config < flags < --set < the strategy spec of compare (`spec`, strategy_specs.Spec)."""
     from . import config as cfgmod
 
     data = cfgmod.load_yaml(args.config) if args.config else {}
@@ -114,6 +117,10 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
         data["name"] = name
     for assignment in args.overrides:
         cfgmod.apply_override(data, assignment)
+    if spec is not None:
+        from .strategy_specs import blocks
+
+        data["adapter"], data["cl"] = blocks(spec, data.get("adapter"))
     return cfgmod.from_dict(data)
 
 
@@ -165,23 +172,31 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def parse_strategy_spec(spec: str) -> tuple[str, str | None, str | None]:
-    """'sharelora:share_b+replay' -> ('sharelora', 'share_b', 'replay')."""
-    spec = spec.strip()
-    if not spec:
-        raise UserError("--strategies: empty entry")
-    head, _, cl = spec.partition("+")
-    adapter, _, variant = head.partition(":")
-    return adapter, variant or None, cl or None
+def _compare_configs(args) -> list:
+    """One run config per strategy spec, each spec meaning the same run under any config (strategy_specs);
+    two specs that resolve to the same run, or to one folder, are an error before anything is created."""
+    from . import config as cfgmod
+    from .strategy_specs import check_distinct, note_ignored_cl, parse_list
+
+    specs = parse_list(args.strategies)
+    for assignment in args.overrides:
+        if assignment.partition("=")[0].strip().split(".")[0] == "cl":
+            raise UserError(f"--set {assignment}: compare takes each strategy's CL method and options from its "
+                            "spec, e.g. --strategies lora+ewc(ewc_lambda=100),sharelora+ewc(ewc_lambda=100)")
+    configs = [_config_from_args(args, out=str(Path(args.out) / s.label), name=s.label, spec=s) for s in specs]
+    check_distinct([(s.text, c.adapter, c.cl) for s, c in zip(specs, configs)], "--strategies")
+    folders: dict[str, str] = {}
+    for s in specs:
+        if s.label in folders:
+            raise UserError(f"--strategies: {folders[s.label]!r} and {s.text!r} would share the run folder "
+                            f"{s.label!r}; write their options the same way")
+        folders[s.label] = s.text
+    note_ignored_cl((cfgmod.load_yaml(args.config) if args.config else {}).get("cl"), "compare")
+    return configs
 
 
 def _cmd_compare(args) -> int:
-    specs = [parse_strategy_spec(s) for s in args.strategies.split(",")]
-    configs = []
-    for adapter, variant, cl in specs:
-        label = adapter + (f"-{variant}" if variant else "") + (f"-{cl}" if cl else "")
-        configs.append(_config_from_args(args, adapter=adapter, variant=variant, cl=cl or args.cl,
-                                         out=str(Path(args.out) / label), name=label))
+    configs = _compare_configs(args)
     if args.dry_run:
         from .dry_run import dry_run, length_policy_lines
 
