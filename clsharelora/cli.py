@@ -162,7 +162,7 @@ def _cmd_run(args) -> int:
     if args.dry_run:
         from .dry_run import dry_run, length_policy_lines
 
-        print(dry_run(config))
+        print(dry_run(config, resume=args.resume))
         print("\n".join(length_policy_lines(config)))
         return 0
     from .training.runner import run
@@ -196,26 +196,30 @@ def _compare_configs(args) -> list:
 
 
 def _cmd_compare(args) -> int:
+    from .training.rundir import holds_run
+
     configs = _compare_configs(args)
+
+    def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
+        return args.resume and holds_run(Path(config.out))
+
     if args.dry_run:
         from .dry_run import dry_run, length_policy_lines
 
         for config in configs:
-            print(dry_run(config))
+            print(dry_run(config, resume=resume(config)))
         print("\n".join(length_policy_lines(configs[0])))   # the same data and tokenizer for every strategy
         return 0
-    from .training.rundir import holds_run
-    from .training.runner import prepare, run
-
-    def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
-        return args.resume and holds_run(Path(config.out))
+    from .training.runner import load_inputs, prepare, run
 
     if args.jobs != 1:
         from .training.run_pool import split_cpus
 
         jobs, threads = split_cpus(args.jobs)     # a bad --jobs is refused before anything is written
-    for config in configs:  # validate every run before starting the first
-        prepare(config, resume=resume(config))
+    for config in configs:  # validate every run before starting the first (the data once: it is theirs alike)
+        prep = prepare(config, resume=resume(config))
+        if config is configs[0]:
+            load_inputs(prep)
     if args.jobs == 1:
         for config in configs:
             run_dir = run(config, resume=resume(config), progress=not args.no_progress,

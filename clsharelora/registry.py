@@ -75,6 +75,15 @@ def _source(cls: type) -> str:
         return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def source_line(function) -> str:
+    """'path/to/file.py, line N' of a function or class, for messages about plug-in code."""
+    try:
+        _, line = inspect.getsourcelines(function)
+        return f"{inspect.getsourcefile(function)}, line {line}"
+    except (TypeError, OSError):
+        return getattr(function, "__qualname__", repr(function))
+
+
 def register(name: str, kind: str):
     """Class decorator: make a Strategy subclass available under `name` for configs and the CLI."""
     if kind not in KINDS:
