@@ -210,32 +210,70 @@ def _cmd_compare(args) -> int:
             print(dry_run(config, resume=resume(config)))
         print("\n".join(length_policy_lines(configs[0])))   # the same data and tokenizer for every strategy
         return 0
+    from .registry import PluginError
     from .training.runner import load_inputs, prepare, run
 
     if args.jobs != 1:
         from .training.run_pool import split_cpus
 
         jobs, threads = split_cpus(args.jobs)     # a bad --jobs is refused before anything is written
-    for config in configs:  # validate every run before starting the first (the data once: it is theirs alike)
-        prep = prepare(config, resume=resume(config))
-        if config is configs[0]:
+    # Validate every run before starting the first (the data once: it is theirs alike). A bad input stops
+    # everything; a plug-in whose code raises costs only its own strategy, the others still run.
+    failed: dict[str, str] = {}
+    checked = False
+    for config in configs:
+        try:
+            prep = prepare(config, resume=resume(config))
+        except PluginError as exc:
+            print(f"error: {config.name}: {exc}", file=sys.stderr, flush=True)
+            failed[config.name] = str(exc)
+            continue
+        if not checked:
             load_inputs(prep)
+            checked = True
+    todo = [c for c in configs if c.name not in failed]
     if args.jobs == 1:
-        for config in configs:
-            run_dir = run(config, resume=resume(config), progress=not args.no_progress,
-                          shared_row0=Path(args.out) / SHARED_ROW0)
-            print(f"results: {run_dir / 'results.json'}")
+        done = {}
+        for config in todo:
+            try:
+                run_dir = run(config, resume=resume(config), progress=not args.no_progress,
+                              shared_row0=Path(args.out) / SHARED_ROW0)
+            except UserError as exc:   # the user's plug-in or input: say it, go on with the other strategies
+                print(f"error: {config.name}: {exc}", file=sys.stderr, flush=True)
+                failed[config.name] = str(exc)
+                continue
+            done[config.name] = str(run_dir / "results.json")
+            print(f"results: {done[config.name]}")
+        return _compare_summary(configs, done, failed, code=2)
+    done, codes = _compare_in_processes(todo, Path(args.out), jobs, threads, resume, progress=not args.no_progress)
+    for name, why in codes.items():
+        failed[name] = why
+    return _compare_summary(configs, done, failed, code=2 if all("exit 2" in w for w in codes.values()) else 1)
+
+
+def _compare_summary(configs, done: dict[str, str], failed: dict[str, str], *, code: int) -> int:
+    """When a strategy failed: a table of every strategy (ok with its results, or failed and why) on stderr,
+    and exit `code`; 0 when all ran."""
+    if not failed:
         return 0
-    return _compare_in_processes(configs, Path(args.out), jobs, threads, resume, progress=not args.no_progress)
+    width = max(len(c.name) for c in configs)
+    lines = [f"compare: {len(failed)} of {len(configs)} strategies failed"]
+    for c in configs:
+        state, what = ("failed", failed[c.name]) if c.name in failed else ("ok", done.get(c.name, ""))
+        lines.append(f"  {c.name:<{width}}  {state:<6}  {what}")
+    print("\n".join(lines), file=sys.stderr)
+    return code
 
 
 #: under a compare's --out: the folder where its runs share row 0 (training/shared_row0.py)
 SHARED_ROW0 = Path(".compare") / "row0"
 
 
-def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *, progress: bool) -> int:
+def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *,
+                          progress: bool) -> tuple[dict[str, str], dict[str, str]]:
     """`compare --jobs N`: every strategy a `clsharelora run --config` child (the pool `study` uses), its
-    resolved config and log under OUT/.compare/ (hidden, so `report OUT/*` sees only run directories)."""
+    resolved config and log under OUT/.compare/ (hidden, so `report OUT/*` sees only run directories).
+    Returns (run name -> results.json, run name -> why it failed: the child's last `error:` line and exit)."""
     import dataclasses
 
     import yaml
@@ -261,7 +299,8 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
     bar = tqdm(total=sum(rows.values()), desc="compare", unit="row", disable=not progress, dynamic_ncols=True)
     print(f"compare: {len(todo)} runs, {jobs} at a time x {threads} thread(s); logs in {side}", file=sys.stderr,
           flush=True)
-    failed = []
+    failed: dict[str, str] = {}
+    done_runs: dict[str, str] = {}
     finished: set[Path] = set()
 
     def tick():
@@ -272,8 +311,13 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
         finished.add(job.run_dir)
         tick()
         if code != 0:
-            failed.append(f"error: run {job.key} failed (exit {code}, see {job.log})")
+            lines = [line for line in job.log.read_text(errors="replace").splitlines() if line.strip()]
+            errors = [line[len("error: "):] for line in lines if line.startswith("error:")]
+            why = errors[-1] if errors else lines[-1] if lines else "no output"
+            failed[job.key] = f"{why} (exit {code}, log {job.log})"
+            print(f"error: {job.key}: {failed[job.key]}", file=sys.stderr, flush=True)
         else:
+            done_runs[job.key] = str(job.run_dir / "results.json")
             print(f"results: {job.run_dir / 'results.json'} ({seconds:.0f} s)", flush=True)
 
     try:
@@ -281,9 +325,7 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
                  on_start=lambda running: bar.set_postfix_str(", ".join(running)[:80]), on_done=done, on_tick=tick)
     finally:
         bar.close()
-    for line in failed:
-        print(line, file=sys.stderr)
-    return 1 if failed else 0
+    return done_runs, failed
 
 
 def _cmd_study(args) -> int:

@@ -72,7 +72,13 @@ def seed_everything(seed: int) -> None:
 def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
     """Validation that needs no data and no weights: names, options, stream, seed, device, model path, the
     adapter against the model (on the meta device: it fits, and its trainable count is its expected_params),
-    the output location and what it already holds. The dry run validates with this and `load_inputs` too."""
+    the output location and what it already holds. The dry run validates with this and `load_inputs` too.
+    A plug-in raising here is one error line naming its file and line (registry.blame_plugins)."""
+    with registry.blame_plugins():
+        return _prepare(config, resume=resume)
+
+
+def _prepare(config: RunConfig, *, resume: bool) -> Prepared:
     stream = load_stream(config.stream)
     if config.load_in_4bit and config.dtype == "float32":
         raise ConfigError("load_in_4bit computes in bfloat16: set dtype: bfloat16")
@@ -232,8 +238,15 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True, share
         ) -> Path:
     """Run (or resume) the stream; returns the run directory. Every input is validated (prepare, then data,
     then weights and adapter) before the run directory is created. `shared_row0`: the folder where the runs
-    of one compare/study share their untrained model's scores (training/shared_row0.py); single process only."""
+    of one compare/study share their untrained model's scores (training/shared_row0.py); single process only.
+    A plug-in raising (apply() on the weights, a CL plug-in mid-training) is a PluginError naming its file
+    and line, its traceback appended to the run's log.txt once the run directory exists."""
     prep = prepare(config, resume=resume)
+    with registry.blame_plugins(log=prep.run_dir / "log.txt"):
+        return _run(prep, resume=resume, progress=progress, shared_row0=shared_row0)
+
+
+def _run(prep: Prepared, *, resume: bool, progress: bool, shared_row0: str | Path | None) -> Path:
     if shared_row0 is not None and Path(shared_row0).exists() and not Path(shared_row0).is_dir():
         raise UserError(f"--shared-row0 {shared_row0}: exists and is not a directory; give a folder (created "
                         "when missing) or leave it out")
