@@ -44,13 +44,17 @@ def test_the_dry_run_refuses_what_the_run_refuses(case, tmp_path, capsys):
 
 
 def plugin_folder(tmp_path, monkeypatch, source: str):
-    """A plug-in file in a $CLSHARELORA_STRATEGY_PATH folder, discovered afresh in this process."""
+    """A plug-in file in a $CLSHARELORA_STRATEGY_PATH folder, discovered afresh in this process; the registry
+    is a copy for the test, so its strategies do not outlive it."""
     folder = tmp_path / "plugins"
     folder.mkdir()
     path = folder / "user_adapter.py"
     path.write_text(textwrap.dedent(source))
+    registry.discover()   # the built-ins register once per process: into the real table, before the copy
     monkeypatch.setenv(registry.PATH_ENV, str(folder))
     monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(registry, "_REGISTRY", {kind: dict(table) for kind, table in registry._REGISTRY.items()})
+    monkeypatch.setattr(registry, "_FAILED", dict(registry._FAILED))
     return path
 
 
