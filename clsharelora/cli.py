@@ -381,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         import importlib
 
+        from .hardware import apply_cpu_threads
+
         try:
+            apply_cpu_threads()   # as for every command (bench's --threads still wins)
             return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)

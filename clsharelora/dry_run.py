@@ -60,7 +60,12 @@ def _engine_line(engine: str, processes: int, accumulation: int) -> str:
 def dry_run(config: RunConfig, *, resume: bool = False) -> str:
     """The plan of a run, after the run's own validation (training/runner.py `prepare` and `load_inputs`:
     names, options, stream options, data, the adapter's count, the output folder): whatever the run would
-    refuse before training, the dry run refuses with the same error."""
+    refuse before training, the dry run refuses with the same error; a plug-in raising is one error line."""
+    with registry.blame_plugins():
+        return _plan(config, resume=resume)
+
+
+def _plan(config: RunConfig, *, resume: bool) -> str:
     from .training.runner import load_inputs, prepare
 
     prep = prepare(config, resume=resume)
