@@ -79,7 +79,7 @@ baselines: install
 # ENGINE=fsdp: shard the base over the GPUs (FSDP2) instead of replicating it (DDP), docs/scale.md.
 stream-llama2: install
 ifeq ($(DRY_RUN),1)
-	$(CLI) compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) $(ENGINE_SET) --dry-run
+	$(CLI) compare --config $(CONFIG) --strategies $(STRATEGIES) --out runs/$(LLAMA_NAME) $(ENGINE_SET) --resume --dry-run
 else
 	$(VENV)/bin/accelerate launch $(if $(filter-out 0 1,$(NGPUS)),--multi_gpu --num_processes $(NGPUS),--num_processes 1) \
 		--num_machines 1 --mixed_precision no --dynamo_backend no \

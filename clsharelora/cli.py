@@ -1,4 +1,4 @@
-"""`clsharelora` command line: run, compare, report, list, bench.
+"""`clsharelora` command line: run, compare, study, report, list, bench.
 
 User mistakes (bad YAML, unknown names, missing data, impossible values) print one `error:` line and exit 2;
 nothing is written before the inputs are validated.
@@ -26,8 +26,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML run config (keys as in `clsharelora run --print-config`)")
     p.add_argument("--stream", help="stream YAML path or name in streams/ (default: streams/demo.yaml)")
     p.add_argument("--model", help="registry name (clsharelora list), HF hub id or local path")
-    p.add_argument("--cl", help="continual-learning method: naive (default), replay, ewc, ...")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of data subsets, adapter init and training order (default: 0)")
     p.add_argument("--data-root", help="benchmark data root (default: $CLSHARELORA_DATA or ../shared/data)")
     p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -47,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.add_argument("--strategy", help="adapter strategy: sharelora (default), lora, vera, ...")
     run.add_argument("--variant", help="ShareLoRA variant: share_a | share_b | share_ab")
+    run.add_argument("--cl", help="continual-learning method: naive (default), replay, ewc, ...")
     run.add_argument("--out", help="run directory (default: runs/<name>)")
     run.add_argument("--name", help="run name (default: <stream>-<strategy>[-<variant>][-<cl>]; variant and CL "
                                     "method appear when they are not the defaults)")
@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="run several strategies on the same stream, model and seed")
     _add_run_options(compare)
     compare.add_argument("--strategies", default="lora,sharelora",
-                         help="comma list of ADAPTER[:VARIANT][+CL], e.g. lora,sharelora:share_a,lora+replay")
+                         help="comma list of ADAPTER[(K=V,...)][:VARIANT][+CL[(K=V,...)]], e.g. "
+                              "lora,sharelora:share_a,lora+ewc(ewc_lambda=100); a spec without +CL trains naively "
+                              "whatever the config's cl: block says (docs/studies.md)")
     compare.add_argument("--out", required=True, help="parent directory; one run directory per strategy")
     compare.add_argument("--resume", action="store_true", help="resume runs that exist, start the others")
     compare.add_argument("--jobs", type=int, default=1,
@@ -75,20 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--flops", type=float, help="sustained FLOP/s assumed by --dry-run's estimate")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    report = sub.add_parser("report", help="plots, tables and report.md/.html from run directories")
-    report.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR... --out DIR (see clsharelora report -h)")
+    # report and bench parse their own options (analysis/report.py, bench/run.py): `main` hands them the rest
+    # of the command line as it is, so `clsharelora report --help` prints report's options
+    sub.add_parser("report", help="plots, tables and report.md/.html from run directories", add_help=False)
 
     lst = sub.add_parser("list", help="known models, strategies, streams and tasks")
     lst.add_argument("--verbose", "-v", action="store_true",
                      help="also every strategy's options with defaults and help (imports the plug-ins)")
 
-    bench = sub.add_parser("bench", help="benchmarks (make bench)")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="benchmarks (make bench)", add_help=False)
     return parser
 
 
+#: subcommands whose options their own parser reads (analysis/report.py, bench/run.py)
+DELEGATED = {"report": "clsharelora.analysis.report", "bench": "clsharelora.bench.run"}
+
+
 def _config_from_args(args, *, adapter: str | None = None, variant: str | None = None, cl: str | None = None,
-                      out: str | None = None, name: str | None = None):
+                      out: str | None = None, name: str | None = None, spec=None):
+    """defaults < --config < flags < --set < the strategy spec of compare (`spec`, strategy_specs.Spec)."""
     from . import config as cfgmod
 
     data = cfgmod.load_yaml(args.config) if args.config else {}
@@ -110,6 +117,10 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
         data["name"] = name
     for assignment in args.overrides:
         cfgmod.apply_override(data, assignment)
+    if spec is not None:
+        from .strategy_specs import blocks
+
+        data["adapter"], data["cl"] = blocks(spec, data.get("adapter"))
     return cfgmod.from_dict(data)
 
 
@@ -151,7 +162,7 @@ def _cmd_run(args) -> int:
     if args.dry_run:
         from .dry_run import dry_run, length_policy_lines
 
-        print(dry_run(config))
+        print(dry_run(config, resume=args.resume))
         print("\n".join(length_policy_lines(config)))
         return 0
     from .training.runner import run
@@ -161,58 +172,108 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def parse_strategy_spec(spec: str) -> tuple[str, str | None, str | None]:
-    """'sharelora:share_b+replay' -> ('sharelora', 'share_b', 'replay')."""
-    spec = spec.strip()
-    if not spec:
-        raise UserError("--strategies: empty entry")
-    head, _, cl = spec.partition("+")
-    adapter, _, variant = head.partition(":")
-    return adapter, variant or None, cl or None
+def _compare_configs(args) -> list:
+    """One run config per strategy spec, each spec meaning the same run under any config (strategy_specs);
+    two specs that resolve to the same run, or to one folder, are an error before anything is created."""
+    from . import config as cfgmod
+    from .strategy_specs import check_distinct, note_ignored_cl, parse_list
+
+    specs = parse_list(args.strategies)
+    for assignment in args.overrides:
+        if assignment.partition("=")[0].strip().split(".")[0] == "cl":
+            raise UserError(f"--set {assignment}: compare takes each strategy's CL method and options from its "
+                            "spec, e.g. --strategies lora+ewc(ewc_lambda=100),sharelora+ewc(ewc_lambda=100)")
+    configs = [_config_from_args(args, out=str(Path(args.out) / s.label), name=s.label, spec=s) for s in specs]
+    check_distinct([(s.text, c.adapter, c.cl) for s, c in zip(specs, configs)], "--strategies")
+    folders: dict[str, str] = {}
+    for s in specs:
+        if s.label in folders:
+            raise UserError(f"--strategies: {folders[s.label]!r} and {s.text!r} would share the run folder "
+                            f"{s.label!r}; write their options the same way")
+        folders[s.label] = s.text
+    note_ignored_cl((cfgmod.load_yaml(args.config) if args.config else {}).get("cl"), "compare")
+    return configs
 
 
 def _cmd_compare(args) -> int:
-    specs = [parse_strategy_spec(s) for s in args.strategies.split(",")]
-    configs = []
-    for adapter, variant, cl in specs:
-        label = adapter + (f"-{variant}" if variant else "") + (f"-{cl}" if cl else "")
-        configs.append(_config_from_args(args, adapter=adapter, variant=variant, cl=cl or args.cl,
-                                         out=str(Path(args.out) / label), name=label))
+    from .training.rundir import holds_run
+
+    configs = _compare_configs(args)
+
+    def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
+        return args.resume and holds_run(Path(config.out))
+
     if args.dry_run:
         from .dry_run import dry_run, length_policy_lines
 
         for config in configs:
-            print(dry_run(config))
+            print(dry_run(config, resume=resume(config)))
         print("\n".join(length_policy_lines(configs[0])))   # the same data and tokenizer for every strategy
         return 0
-    from .training.rundir import holds_run
-    from .training.runner import prepare, run
-
-    def resume(config) -> bool:  # --resume continues the runs that exist and starts the others
-        return args.resume and holds_run(Path(config.out))
+    from .registry import PluginError
+    from .training.runner import load_inputs, prepare, run
 
     if args.jobs != 1:
         from .training.run_pool import split_cpus
 
         jobs, threads = split_cpus(args.jobs)     # a bad --jobs is refused before anything is written
-    for config in configs:  # validate every run before starting the first
-        prepare(config, resume=resume(config))
+    # Validate every run before starting the first (the data once: it is theirs alike). A bad input stops
+    # everything; a plug-in whose code raises costs only its own strategy, the others still run.
+    failed: dict[str, str] = {}
+    checked = False
+    for config in configs:
+        try:
+            prep = prepare(config, resume=resume(config))
+        except PluginError as exc:
+            print(f"error: {config.name}: {exc}", file=sys.stderr, flush=True)
+            failed[config.name] = str(exc)
+            continue
+        if not checked:
+            load_inputs(prep)
+            checked = True
+    todo = [c for c in configs if c.name not in failed]
     if args.jobs == 1:
-        for config in configs:
-            run_dir = run(config, resume=resume(config), progress=not args.no_progress,
-                          shared_row0=Path(args.out) / SHARED_ROW0)
-            print(f"results: {run_dir / 'results.json'}")
+        done = {}
+        for config in todo:
+            try:
+                run_dir = run(config, resume=resume(config), progress=not args.no_progress,
+                              shared_row0=Path(args.out) / SHARED_ROW0)
+            except UserError as exc:   # the user's plug-in or input: say it, go on with the other strategies
+                print(f"error: {config.name}: {exc}", file=sys.stderr, flush=True)
+                failed[config.name] = str(exc)
+                continue
+            done[config.name] = str(run_dir / "results.json")
+            print(f"results: {done[config.name]}")
+        return _compare_summary(configs, done, failed, code=2)
+    done, codes = _compare_in_processes(todo, Path(args.out), jobs, threads, resume, progress=not args.no_progress)
+    for name, why in codes.items():
+        failed[name] = why
+    return _compare_summary(configs, done, failed, code=2 if all("exit 2" in w for w in codes.values()) else 1)
+
+
+def _compare_summary(configs, done: dict[str, str], failed: dict[str, str], *, code: int) -> int:
+    """When a strategy failed: a table of every strategy (ok with its results, or failed and why) on stderr,
+    and exit `code`; 0 when all ran."""
+    if not failed:
         return 0
-    return _compare_in_processes(configs, Path(args.out), jobs, threads, resume, progress=not args.no_progress)
+    width = max(len(c.name) for c in configs)
+    lines = [f"compare: {len(failed)} of {len(configs)} strategies failed"]
+    for c in configs:
+        state, what = ("failed", failed[c.name]) if c.name in failed else ("ok", done.get(c.name, ""))
+        lines.append(f"  {c.name:<{width}}  {state:<6}  {what}")
+    print("\n".join(lines), file=sys.stderr)
+    return code
 
 
 #: under a compare's --out: the folder where its runs share row 0 (training/shared_row0.py)
 SHARED_ROW0 = Path(".compare") / "row0"
 
 
-def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *, progress: bool) -> int:
+def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *,
+                          progress: bool) -> tuple[dict[str, str], dict[str, str]]:
     """`compare --jobs N`: every strategy a `clsharelora run --config` child (the pool `study` uses), its
-    resolved config and log under OUT/.compare/ (hidden, so `report OUT/*` sees only run directories)."""
+    resolved config and log under OUT/.compare/ (hidden, so `report OUT/*` sees only run directories).
+    Returns (run name -> results.json, run name -> why it failed: the child's last `error:` line and exit)."""
     import dataclasses
 
     import yaml
@@ -238,7 +299,8 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
     bar = tqdm(total=sum(rows.values()), desc="compare", unit="row", disable=not progress, dynamic_ncols=True)
     print(f"compare: {len(todo)} runs, {jobs} at a time x {threads} thread(s); logs in {side}", file=sys.stderr,
           flush=True)
-    failed = []
+    failed: dict[str, str] = {}
+    done_runs: dict[str, str] = {}
     finished: set[Path] = set()
 
     def tick():
@@ -249,8 +311,13 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
         finished.add(job.run_dir)
         tick()
         if code != 0:
-            failed.append(f"error: run {job.key} failed (exit {code}, see {job.log})")
+            lines = [line for line in job.log.read_text(errors="replace").splitlines() if line.strip()]
+            errors = [line[len("error: "):] for line in lines if line.startswith("error:")]
+            why = errors[-1] if errors else lines[-1] if lines else "no output"
+            failed[job.key] = f"{why} (exit {code}, log {job.log})"
+            print(f"error: {job.key}: {failed[job.key]}", file=sys.stderr, flush=True)
         else:
+            done_runs[job.key] = str(job.run_dir / "results.json")
             print(f"results: {job.run_dir / 'results.json'} ({seconds:.0f} s)", flush=True)
 
     try:
@@ -258,9 +325,7 @@ def _compare_in_processes(configs, out: Path, jobs: int, threads: int, resume, *
                  on_start=lambda running: bar.set_postfix_str(", ".join(running)[:80]), on_done=done, on_tick=tick)
     finally:
         bar.close()
-    for line in failed:
-        print(line, file=sys.stderr)
-    return 1 if failed else 0
+    return done_runs, failed
 
 
 def _cmd_study(args) -> int:
@@ -312,6 +377,18 @@ def _quiet_third_party_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party_warnings()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        from .hardware import apply_cpu_threads
+
+        try:
+            apply_cpu_threads()   # as for every command (bench's --threads still wins)
+            return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
     args = parser.parse_args(argv)
     try:
         from .hardware import apply_cpu_threads
@@ -325,14 +402,6 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_list(args)
         if args.command == "study":
             return _cmd_study(args)
-        if args.command == "report":
-            from clsharelora.analysis.report import main as report_main
-
-            return report_main(args.args)
-        if args.command == "bench":
-            from clsharelora.bench.run import main as bench_main
-
-            return bench_main(args.args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -158,15 +158,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML reads it (64 -> int, 1e-4 -> float, [a, b] -> list); empty -> None;
+    what YAML cannot read stays the string. Shared by --set and the options of a strategy spec."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one `--set a.b.c=value` (value parsed as YAML) to a nested dict in place."""
     if "=" not in assignment:
         raise ConfigError(f"--set expects KEY=VALUE (e.g. adapter.r=64), got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw)
     parts = key.strip().split(".")
     if parts[0] == "lora":  # a friendly alias: lora.r=64 means the adapter's r
         parts[0] = "adapter"

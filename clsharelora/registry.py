@@ -14,17 +14,19 @@ is requested); the same name in two files is always an error naming both.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.metadata as md
 import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, UserError, did_you_mean
 
 ENTRY_POINT_GROUP = "clsharelora.strategies"
 PATH_ENV = "CLSHARELORA_STRATEGY_PATH"   # extra folders of plug-in files, os.pathsep-separated
@@ -73,6 +75,15 @@ def _source(cls: type) -> str:
         return str(Path(inspect.getfile(cls)).resolve())
     except (TypeError, OSError):
         return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def source_line(function) -> str:
+    """'path/to/file.py, line N' of a function or class, for messages about plug-in code."""
+    try:
+        _, line = inspect.getsourcelines(function)
+        return f"{inspect.getsourcefile(function)}, line {line}"
+    except (TypeError, OSError):
+        return getattr(function, "__qualname__", repr(function))
 
 
 def register(name: str, kind: str):
@@ -263,3 +274,40 @@ def describe_class(cls: type) -> str:
 
 def create(name: str, kind: str, **options: Any) -> Strategy:
     return get(name, kind)(**options)
+
+
+class PluginError(UserError):
+    """A plug-in's own code raised (apply(), an Avalanche callback, ...): the user's code, so one `error:`
+    line naming the plug-in file and line and exit 2, not a traceback of the project's internals."""
+
+
+def _plugin_sources() -> set[Path]:
+    """Every .py file next to a plug-in file (helpers such as strategies/_adapter_copies.py included)."""
+    out = set()
+    for f in plugin_files():
+        folder = f.path.resolve().parent
+        out.update(p.resolve() for p in folder.glob("*.py"))
+    return out
+
+
+@contextlib.contextmanager
+def blame_plugins(log: Path | None = None):
+    """Turn an exception raised in plug-in code into a PluginError naming the innermost plug-in frame (file,
+    line, function). The full traceback is appended to `log` when its folder exists (the run's log.txt once
+    the run directory is there; before that nothing is written). Errors outside plug-in code pass unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        sources = _plugin_sources()
+        frame = next((f for f in reversed(traceback.extract_tb(exc.__traceback__))
+                      if Path(f.filename).resolve() in sources), None)
+        if frame is None:
+            raise
+        where = f"plug-in {frame.filename}, line {frame.lineno} (in {frame.name}): {_one_line(exc)}"
+        if log is not None and Path(log).parent.is_dir():
+            with open(log, "a", encoding="utf-8") as out:
+                out.write(f"error: {where}\n{''.join(traceback.format_exception(exc))}")
+            where += f" (traceback in {log})"
+        raise PluginError(where) from exc

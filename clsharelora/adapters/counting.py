@@ -26,6 +26,17 @@ def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def unique_params(model, trainable: bool | None = None) -> int:
+    """Parameters counted once each (shared ShareLoRA tensors and tied embeddings appear in several modules)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable is not None and p.requires_grad != trainable):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in the optimizer's per-parameter state (Adam: exp_avg, exp_avg_sq, step)."""
     return sum(

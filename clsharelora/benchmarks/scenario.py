@@ -89,11 +89,12 @@ def encode_records(spec: ExperienceSpec, records: list, tokenizer, *,
                           disable=not progress or len(records) < 500)]
 
 
-def experience_dataset(spec: ExperienceSpec, tokenizer, *, max_length: int, seed: int,
-                       data_root=None) -> tuple[AvalancheDataset, TrainingData]:
-    """The experience's training records in the shared prompt format, tokenised by the shared encoding rule,
-    over-long ones dropped (`fit_to_length`); with the counts."""
-    records = training_records(spec, seed=seed, data_root=data_root)
+def experience_dataset(spec: ExperienceSpec, tokenizer, *, max_length: int, seed: int, data_root=None,
+                       records: list | None = None) -> tuple[AvalancheDataset, TrainingData]:
+    """The experience's training records (`records`, or `training_records`) in the shared prompt format,
+    tokenised by the shared encoding rule, over-long ones dropped (`fit_to_length`); with the counts."""
+    if records is None:
+        records = training_records(spec, seed=seed, data_root=data_root)
     examples = encode_records(spec, records, tokenizer)
     setting = (f"the stream's train.max_length of experience {spec.name!r}" if spec.train.max_length
                else "train.max_length (--set train.max_length=N)")
@@ -103,9 +104,11 @@ def experience_dataset(spec: ExperienceSpec, tokenizer, *, max_length: int, seed
     return AvalancheDataset([data], collate_fn=PadCollator(tokenizer.pad_token_id)), stats
 
 
-def make_benchmark(stream: Stream, tokenizer, *, max_length: int, seed: int, data_root=None):
+def make_benchmark(stream: Stream, tokenizer, *, max_length: int, seed: int, data_root=None,
+                   records: list[list] | None = None):
     """(CLScenario with a `train_stream` of len(stream.experiences) DatasetExperiences in stream order,
-    the TrainingData counts of each experience)."""
-    built = [experience_dataset(e, tokenizer, max_length=max_length, seed=seed, data_root=data_root)
-             for e in stream.experiences]
+    the TrainingData counts of each experience). `records`: each experience's already loaded training records."""
+    records = records or [None] * len(stream.experiences)
+    built = [experience_dataset(e, tokenizer, max_length=max_length, seed=seed, data_root=data_root, records=r)
+             for e, r in zip(stream.experiences, records)]
     return benchmark_from_datasets(train=[d for d, _ in built]), [s for _, s in built]

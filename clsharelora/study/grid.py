@@ -4,8 +4,9 @@
 name: cpu-study
 base: configs/demo.yaml            # the run config every cell starts from (model, stream, train, eval)
 set: [eval.batch_size=8]           # optional --set style overrides for every cell
-strategies:                        # compare's spelling ADAPTER[:VARIANT][+CL], or a mapping with a label
-  - lora
+strategies:                        # compare's specs (strategy_specs.py), or a mapping with a label
+  - lora                           # LoRA, naive training: the base config's cl: block is never inherited
+  - lora+ewc(ewc_lambda=100)
   - sharelora:share_a
   - {label: lora-matched, adapter: {name: lora, match: share_a}}
 seeds: [0, 1, 2]
@@ -31,6 +32,7 @@ import yaml
 
 from ..config import apply_override, from_dict, load_yaml
 from ..errors import ConfigError, did_you_mean
+from ..strategy_specs import check_distinct, note_ignored_cl
 
 STUDY_KEYS = ("name", "description", "base", "set", "strategies", "seeds", "orders")
 
@@ -91,15 +93,14 @@ def label_dir(label: str) -> str:
 
 
 def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
-    from ..cli import _switch, parse_strategy_spec
+    """A spec string (strategy_specs: the same run under any base config) or a mapping with a label; neither
+    inherits the base config's `cl:` block (a mapping without `cl` trains naively, like a spec without +CL)."""
+    from ..cli import _switch
+    from ..strategy_specs import blocks, parse
 
     if isinstance(entry, str):
-        adapter, variant, cl = parse_strategy_spec(entry)
-        block = _switch(base.get("adapter"), adapter, "adapter")
-        if variant:
-            block["variant"] = variant
-        cl_block = _switch(base.get("cl"), cl, "cl") if cl else dict(base.get("cl") or {"name": "naive"})
-        return Strategy(entry, block, cl_block if isinstance(cl_block, dict) else {"name": cl_block})
+        adapter, cl = blocks(parse(entry), base.get("adapter"))
+        return Strategy(entry, adapter, cl)
     if isinstance(entry, dict):
         unknown = set(entry) - {"label", "adapter", "cl"}
         if unknown or "label" not in entry or "adapter" not in entry:
@@ -111,12 +112,13 @@ def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
         if "name" not in adapter:
             raise ConfigError(f"{where}: the strategy's 'adapter' mapping needs a 'name'")
         adapter = {**_switch(base.get("adapter"), adapter["name"], "adapter"), **adapter}
-        cl = entry.get("cl", base.get("cl") or {"name": "naive"})
-        cl = cl if isinstance(cl, dict) else {"name": cl}
-        if "name" in cl and cl["name"] != (base.get("cl") or {}).get("name"):
-            cl = {**_switch(base.get("cl"), cl["name"], "cl"), **cl}
-        return Strategy(str(entry["label"]), dict(adapter), dict(cl))
-    raise ConfigError(f"{where}: a strategy is a spec string (lora, sharelora:share_a, lora+replay) or a mapping")
+        cl = entry.get("cl", "naive")
+        cl = dict(cl) if isinstance(cl, dict) else {"name": cl}
+        if "name" not in cl:
+            raise ConfigError(f"{where}: the strategy's 'cl' mapping needs a 'name'")
+        return Strategy(str(entry["label"]), dict(adapter), cl)
+    raise ConfigError(f"{where}: a strategy is a spec string (lora, sharelora:share_a, lora+ewc(ewc_lambda=100)) or a "
+                      "mapping")
 
 
 def _orders(spec: Any, names: list[str], where: str) -> tuple[tuple[str, ...], ...]:
@@ -192,6 +194,8 @@ def load_study(path: str | Path) -> Study:
     labels = [s.label for s in strategies]
     if len(set(labels)) != len(labels) or len({label_dir(x) for x in labels}) != len(labels):
         raise ConfigError(f"{path}: strategy labels must differ (also as folder names), got {labels}")
+    check_distinct([(s.label, s.adapter, s.cl) for s in strategies], f"{path}: strategies")
+    note_ignored_cl(base.get("cl"), str(path))
     study = Study(name=str(data.get("name") or path.stem), source=path, base=base, stream=stream_data,
                   strategies=strategies, seeds=tuple(seeds), orders=_orders(data.get("orders"), names, f"{path}: orders"),
                   description=str(data.get("description", "")))

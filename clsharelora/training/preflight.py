@@ -111,3 +111,17 @@ def check_adapter_fits(adapter, model) -> None:
         name, bound, fin, fout, r = worst
         raise ConfigError(f"adapter.r={r} is larger than the layer it adapts: {name} maps {fin} -> {fout}, so r "
                           f"must be <= {bound} (or leave such layers out of adapter.targets)")
+
+
+def check_expected_params(adapter, model) -> None:
+    """The adapter's trainable parameters on `model` (meta or real, shared tensors once) equal its closed form
+    `expected_params`: a plug-in whose count is off is one error line, in the dry run and in the run."""
+    from ..adapters.counting import unique_params
+    from ..registry import source_line
+
+    trainable = unique_params(model, trainable=True)
+    expected = adapter.expected_params(model.config)
+    if trainable != expected:
+        raise ConfigError(f"adapter {adapter.name!r}: apply() makes {trainable:,} parameters trainable but "
+                          f"expected_params ({source_line(type(adapter).expected_params)}) gives {expected:,} "
+                          f"({trainable - expected:+,}); the closed form and apply() must agree")

@@ -22,7 +22,7 @@ from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
 from .. import hardware, models, registry
-from ..benchmarks.scenario import make_benchmark
+from ..benchmarks.scenario import make_benchmark, training_records
 from ..benchmarks.stream import Stream, load_stream
 from ..config import RunConfig, accumulation_steps
 from ..errors import ConfigError, UserError
@@ -53,6 +53,16 @@ class Prepared:
     name_given: bool        # --name was given (else the saved run's name is kept on resume)
 
 
+@dataclass
+class Inputs:
+    """What a run reads, loaded and checked (stream options such as MMLU subjects or a gsm8k protocol fail
+    here): each experience's training records (before tokenisation) and evaluator (its items loaded)."""
+
+    records: list[list]
+    evaluators: list
+    eval_options: list[dict]   # what row 0 depends on (training/shared_row0.py)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -61,8 +71,17 @@ def seed_everything(seed: int) -> None:
 
 def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
     """Validation that needs no data and no weights: names, options, stream, seed, device, model path, the
-    adapter against the model (on the meta device), the output location and what it already holds."""
+    adapter against the model (on the meta device: it fits, and its trainable count is its expected_params),
+    the output location and what it already holds. The dry run validates with this and `load_inputs` too.
+    A plug-in raising here is one error line naming its file and line (registry.blame_plugins)."""
+    with registry.blame_plugins():
+        return _prepare(config, resume=resume)
+
+
+def _prepare(config: RunConfig, *, resume: bool) -> Prepared:
     stream = load_stream(config.stream)
+    if config.load_in_4bit and config.dtype == "float32":
+        raise ConfigError("load_in_4bit computes in bfloat16: set dtype: bfloat16")
     adapter_opts = {k: v for k, v in config.adapter.items() if k != "name"}
     cl_opts = {k: v for k, v in config.cl.items() if k != "name"}
     adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
@@ -79,7 +98,9 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
         engine.check_fsdp_combination(adapter.name, cl.name, config.load_in_4bit)
     base = preflight.meta_base(config.model)
     if base is not None:
-        cl.check_model(preflight.apply_on_meta(adapter, base))
+        meta = preflight.apply_on_meta(adapter, base)
+        preflight.check_expected_params(adapter, meta)
+        cl.check_model(meta)
     resolved = dataclasses.replace(config, name=name, out=str(run_dir))
     ident = rundir.identity(resolved, stream, root)
     rundir.check_not_locked(run_dir)
@@ -88,6 +109,22 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
         rundir.check_results_rows(run_dir, stream)
     return Prepared(config=resolved, stream=stream, adapter=adapter, cl=cl, run_dir=run_dir, data_root=root,
                     identity=ident, continuing=continuing, name_given=config.name is not None)
+
+
+def load_inputs(prep: Prepared) -> Inputs:
+    """The data next, still before anything is written or any weight is loaded: every experience's training
+    records and its evaluator with the stream's options. Missing or corrupt files, unknown MMLU subjects or
+    an unknown gsm8k protocol are a UserError here, for the run and its dry run alike."""
+    cfg = prep.config
+    records = [training_records(e, seed=cfg.seed, data_root=prep.data_root) for e in prep.stream.experiences]
+    evaluators, eval_options = [], []
+    for exp in prep.stream.experiences:
+        options = {"batch_size": cfg.eval.batch_size, "autocast": cfg.eval.autocast, **exp.eval_options}
+        if cfg.eval.n is not None:  # a run-level cap on top of the stream's subset sizes
+            options["n"] = min(options.get("n") or cfg.eval.n, cfg.eval.n)
+        evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
+        eval_options.append({**options, "seed": cfg.seed})
+    return Inputs(records, evaluators, eval_options)
 
 
 def _load_model(prep: Prepared, device: torch.device):
@@ -117,6 +154,7 @@ def _load_model(prep: Prepared, device: torch.device):
     seed_everything(cfg.seed)  # the adapter's init draws from a known RNG state
     model = prep.adapter.apply(model)
     preflight.check_adapter_fits(prep.adapter, model)  # hub models, whose architecture prepare could not see
+    preflight.check_expected_params(prep.adapter, model)   # the count on the real weights, as on the meta device
     prep.cl.check_model(model)
     return model if cfg.load_in_4bit else model.to(device)
 
@@ -200,8 +238,15 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True, share
         ) -> Path:
     """Run (or resume) the stream; returns the run directory. Every input is validated (prepare, then data,
     then weights and adapter) before the run directory is created. `shared_row0`: the folder where the runs
-    of one compare/study share their untrained model's scores (training/shared_row0.py); single process only."""
+    of one compare/study share their untrained model's scores (training/shared_row0.py); single process only.
+    A plug-in raising (apply() on the weights, a CL plug-in mid-training) is a PluginError naming its file
+    and line, its traceback appended to the run's log.txt once the run directory exists."""
     prep = prepare(config, resume=resume)
+    with registry.blame_plugins(log=prep.run_dir / "log.txt"):
+        return _run(prep, resume=resume, progress=progress, shared_row0=shared_row0)
+
+
+def _run(prep: Prepared, *, resume: bool, progress: bool, shared_row0: str | Path | None) -> Path:
     if shared_row0 is not None and Path(shared_row0).exists() and not Path(shared_row0).is_dir():
         raise UserError(f"--shared-row0 {shared_row0}: exists and is not a directory; give a folder (created "
                         "when missing) or leave it out")
@@ -213,18 +258,12 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True, share
     precision = hardware.precision_record(device, {"train.bf16": cfg.train.bf16, "eval.autocast": cfg.eval.autocast})
     accumulation = accumulation_steps(cfg.train, dist.world_size)  # before anything is written
 
-    # Data next (missing/corrupt files fail here), still before anything is written or any weight is loaded.
+    inputs = load_inputs(prep)   # data next (missing/corrupt files, bad stream options fail here)
+    evaluators, eval_options = inputs.evaluators, inputs.eval_options
     tokenizer = _loading("tokenizer", cfg.model, lambda: models.load_tokenizer(cfg.model))
     seed_everything(cfg.seed)
     benchmark, training_data = make_benchmark(prep.stream, tokenizer, max_length=cfg.train.max_length,
-                                              seed=cfg.seed, data_root=prep.data_root)
-    evaluators, eval_options = [], []
-    for exp in prep.stream.experiences:
-        options = {"batch_size": cfg.eval.batch_size, "autocast": cfg.eval.autocast, **exp.eval_options}
-        if cfg.eval.n is not None:  # a run-level cap on top of the stream's subset sizes
-            options["n"] = min(options.get("n") or cfg.eval.n, cfg.eval.n)
-        evaluators.append(make_evaluator(exp.task, data_root=prep.data_root, seed=cfg.seed, **options))
-        eval_options.append({**options, "seed": cfg.seed})   # what row 0 depends on (training/shared_row0.py)
+                                              seed=cfg.seed, data_root=prep.data_root, records=inputs.records)
     capped = capped_sizes(prep.stream, training_data, evaluators, cfg.eval.n)
     for c in capped if dist.is_main else ():
         print(f"note: experience {c['experience']!r}: {c['key']}={c['requested']} but the data hold "
