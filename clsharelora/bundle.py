@@ -271,10 +271,10 @@ def build(args) -> Path:
             shutil.copytree(root / bench, tmp / "data" / bench)
         for folder in ("streams", "configs"):
             shutil.copytree(PROJECT_ROOT / folder, tmp / folder)
-        stream_rel = f"streams/{Path(args.stream).name}" if Path(args.stream).suffix else args.stream
+        stream_file = Path(stream.path)      # a path, or a bare name resolved to the project's streams/
+        stream_rel = f"streams/{stream_file.name}"
         if not (tmp / stream_rel).exists():
-            shutil.copy(args.stream, tmp / "streams" / Path(args.stream).name)
-            stream_rel = f"streams/{Path(args.stream).name}"
+            shutil.copy(stream_file, tmp / stream_rel)
         model = args.model
         if source not in ("embedded", "random"):
             shutil.copytree(source, tmp / "model" / Path(source).name)

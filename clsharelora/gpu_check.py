@@ -463,7 +463,8 @@ def main(args) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     report = check(args.device, budget_min=args.budget_min, tiny=args.tiny)
-    report["command"] = "clsharelora gpu-check " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "clsharelora gpu-check"
+    report["command"] = (f"clsharelora gpu-check --device {args.device} --budget-min {args.budget_min:g} "
+                         f"--out {args.out}" + (" --tiny" if args.tiny else ""))
     from . import atomic
 
     out.mkdir(parents=True, exist_ok=True)
