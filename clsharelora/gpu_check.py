@@ -173,15 +173,16 @@ def correctness(device, model_name: str, data_root) -> dict:
         lp32, lp16 = (torch.log_softmax(x, -1)[mask] for x in (b, c))
         gap = float((lp32 - lp16).abs().max(-1).values.mean())
         top1 = float((lp32.argmax(-1) == lp16.argmax(-1)).float().mean())
+        ok = gap <= TOL["bf16_logprob"] and top1 >= TOL["bf16_top1"]
         checks.append(_check(f"{variant}: bf16 autocast vs fp32 on {device.type} (mean over positions of max "
-                             f"|log-prob diff|; top-1 agreement)", gap <= TOL["bf16_logprob"] and top1 >= TOL["bf16_top1"],
-                             {"logprob_gap": gap, "top1": top1},
+                             f"|log-prob diff|; top-1 agreement)", ok, {"logprob_gap": gap, "top1": top1},
                              f"gap <= {TOL['bf16_logprob']}, top-1 >= {TOL['bf16_top1']}"))
         s_cpu, s_dev = _sgd_step(cpu, batch_cpu), _sgd_step(dev, batch_dev)
         grad = max(_rel(s_dev["grads"][n], s_cpu["grads"][n]) for n in s_cpu["grads"])
         step = max(float((s_dev["params"][n] - s_cpu["params"][n]).abs().max()) for n in s_cpu["params"])
+        ok = grad <= TOL["fp32_grad_rel"] and step <= TOL["fp32_step"]
         checks.append(_check(f"{variant}: one SGD step (lr {SGD_LR}), {device.type} vs cpu (max relative grad "
-                             f"diff; max |param diff| after)", grad <= TOL["fp32_grad_rel"] and step <= TOL["fp32_step"],
+                             f"diff; max |param diff| after)", ok,
                              {"grad_rel": grad, "param_abs": step, "loss_cpu": s_cpu["loss"], "loss_dev": s_dev["loss"]},
                              f"grad <= {TOL['fp32_grad_rel']}, param <= {TOL['fp32_step']}"))
         if variant != "lora":
@@ -217,17 +218,16 @@ def _sandbox_check(data_root) -> dict:
     """HumanEval/0's canonical solution must pass in the sandbox and a wrong body must fail."""
     from .data import load_benchmark
     from .errors import UserError
-    from .evaluation.humaneval import check_program
+    from .evaluation.humaneval import _problem_parts, check_program
     from .evaluation.sandbox import run_program
 
     try:
         record = load_benchmark("humaneval", "test", root=data_root, source="files")[0]
     except UserError as exc:
         return {"name": "HumanEval program through the sandbox", "status": f"skipped: no HumanEval data ({exc})"}
-    meta = record.meta
-    prompt = meta.get("prompt") or record.question
-    good = run_program(check_program(prompt, record.target, meta["test"], meta["entry_point"]))
-    bad = run_program(check_program(prompt, "    return None\n", meta["test"], meta["entry_point"]))
+    prompt, test, entry_point = _problem_parts(record)
+    good = run_program(check_program(prompt, record.target, test, entry_point))
+    bad = run_program(check_program(prompt, "    return None\n", test, entry_point))
     return _check(f"HumanEval {record.id} through the sandbox: canonical solution passes, a wrong one fails",
                   good.status == "passed" and bad.status == "failed", {"canonical": good.status, "wrong": bad.status,
                                                                        "isolation": good.isolation},
@@ -243,18 +243,18 @@ def matmul_peak(device) -> dict:
         return {"status": NO_CUDA}
     n = 8192
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    best = 0.0
-    for _ in range(4):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    from .bench.timing import timed
+
+    def block():
         for _ in range(20):
             a @ b
-        torch.cuda.synchronize()
-        best = max(best, 20 * 2 * n ** 3 / (time.perf_counter() - t0))
-    return {"status": "measured", "flops": best}
+
+    seconds = min(timed(block, device)[0] for _ in range(4))
+    return {"status": "measured", "flops": 20 * 2 * n ** 3 / seconds}
 
 
-#: the speed configurations: (model label, registry name or architecture, r, batch, seq, checkpointing)
+#: the speed configurations: (model label, registry name or architecture, r, batch, seq, checkpointing);
+#: the label "smollm2-135m" is what `study --dry-run` reads its measured throughput from (study/estimate.py)
 TRAIN_SHAPES = (("smollm2-135m", "smollm2-135m", 8, 16, 512, False),
                 ("llama2-7b-shaped (random weights)", "llama2-7b", 64, 2, 1024, True))
 
@@ -271,115 +271,132 @@ def train_speed(device, peak: dict, budget: Budget) -> dict:
     """Tokens/s of forward + backward + AdamW on random tokens in bf16, model FLOP/s = 6 N tokens/s (N: base
     parameters, the convention of clsharelora/study/estimate.py), MFU = that / the measured bf16 peak, and
     the measured peak memory / the dry run's plan for the same config."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from . import registry
-    from .dry_run import memory_plan, unique_params
-    from .models import configs, load_model
-
     if device.type != "cuda":
         return {"status": NO_CUDA, "rows": []}
     rows = []
     for label, name, r, batch, seq, ckpt in TRAIN_SHAPES:
         for adapter in ({"name": "lora"}, {"name": "sharelora", "variant": "share_a"}):
             if budget.left() < 30:
-                rows.append({"model": label, "adapter": adapter, "status": "skipped: budget"})
+                rows.append({"model": label, "adapter": adapter.get("variant", "lora"), "status": "skipped: budget"})
                 continue
-            config = _train_config(name, adapter, r, batch, seq, ckpt)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            if name == "llama2-7b":
-                with torch.device(device):
-                    base = AutoModelForCausalLM.from_config(configs.llama2_7b(), dtype=torch.bfloat16)
-            else:
-                base = load_model(name, dtype=torch.bfloat16, device=device)
-            if ckpt:
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                base.enable_input_require_grads()
-            options = {k: v for k, v in config.adapter.items() if k != "name"}
-            model = registry.create(adapter["name"], "adapter", **options).apply(base)
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-            model.train()
-            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-            ids = torch.randint(0, base.config.vocab_size, (batch, seq), device=device)
-
-            def step():
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = model(input_ids=ids, labels=ids).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            step()
-            torch.cuda.synchronize()
-            steps, t0 = 0, time.perf_counter()
-            while steps < 3 or (steps < 20 and time.perf_counter() - t0 < 10):
-                step()
-                steps += 1
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            n_base = unique_params(base) - unique_params(model, trainable=True)
-            tokens_s = steps * batch * seq / seconds
-            flops = 6 * n_base * tokens_s
-            plan = memory_plan(config, base.config, n_base, unique_params(model, trainable=True))
-            peak_bytes = torch.cuda.max_memory_allocated(device)
-            rows.append({"model": label if name != "smollm2-135m" else name, "adapter": adapter["name"] if
-                         adapter["name"] == "lora" else "share_a", "r": r, "batch": batch, "seq": seq,
-                         "gradient_checkpointing": ckpt, "steps": steps, "tokens_per_s": tokens_s,
-                         "model_flops_per_s": flops, "mfu": flops / peak["flops"] if peak.get("flops") else None,
-                         "peak_memory_gib": peak_bytes / 2 ** 30, "planned_memory_gib": plan["total"] / 2 ** 30,
-                         "peak_over_plan": peak_bytes / plan["total"]})
-            del model, base, opt
+            rows.append(train_row(device, label, name, adapter, r=r, batch=batch, seq=seq, ckpt=ckpt,
+                                  peak_flops=peak.get("flops")))
     return {"status": "measured", "rows": rows}
+
+
+def train_row(device, label: str, name: str, adapter: dict, *, r: int, batch: int, seq: int, ckpt: bool,
+              peak_flops: float | None, seconds: float = 10.0) -> dict:
+    """One configuration of `train_speed`: at least 3 timed steps after a warm-up step, up to 20 or `seconds`.
+    `name` is a registry model with weights, or "llama2-7b" (its architecture with random bf16 weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from . import registry
+    from .bench.timing import synchronize
+    from .dry_run import memory_plan, unique_params
+    from .models import configs, load_model
+
+    config = _train_config(name, adapter, r, batch, seq, ckpt)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    if name == "llama2-7b":
+        with torch.device(device):
+            base = AutoModelForCausalLM.from_config(configs.llama2_7b(), dtype=torch.bfloat16)
+    else:
+        base = load_model(name, dtype=torch.bfloat16, device=device)
+    if ckpt:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    options = {k: v for k, v in config.adapter.items() if k != "name"}
+    model = registry.create(adapter["name"], "adapter", **options).apply(base)
+    trainable = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
+    for p in trainable:              # adapter weights, grads and AdamW state in fp32, as the dry run plans
+        p.data = p.data.float()
+    model.train()
+    opt = torch.optim.AdamW(trainable, lr=1e-5)
+    ids = torch.randint(0, base.config.vocab_size, (batch, seq), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    synchronize(device)
+    steps, t0 = 0, time.perf_counter()
+    while steps < 3 or (steps < 20 and time.perf_counter() - t0 < seconds):
+        step()
+        steps += 1
+        synchronize(device)
+    elapsed = time.perf_counter() - t0
+    n_trainable = sum(p.numel() for p in trainable)
+    n_base = unique_params(base) - n_trainable
+    tokens_s = steps * batch * seq / elapsed
+    flops = 6 * n_base * tokens_s
+    plan = memory_plan(config, base.config, n_base, n_trainable)
+    peak_bytes = torch.cuda.max_memory_allocated(device) if cuda else None
+    return {"model": label, "adapter": adapter.get("variant", "lora"), "r": r, "batch": batch, "seq": seq,
+            "gradient_checkpointing": ckpt, "steps": steps, "tokens_per_s": tokens_s, "model_flops_per_s": flops,
+            "mfu": flops / peak_flops if peak_flops else None,
+            "peak_memory_gib": peak_bytes / 2 ** 30 if cuda else NO_CUDA,
+            "planned_memory_gib": plan["total"] / 2 ** 30,
+            "peak_over_plan": peak_bytes / plan["total"] if cuda else NO_CUDA}
+
+
+#: decode shapes: (label, shared prompt text, new tokens): GSM8K 8-shot-sized prompts, HumanEval-sized ones
+_SHOT = ("Q: A farmer has 3 fields with 12 rows of 8 plants each. How many plants?\n"
+         "A: 3 x 12 x 8 = 288. The answer is 288.\n\n")
+_SIGNATURE = 'def solve(xs: list[int]) -> int:\n    """Return the sum of the even numbers of xs."""\n'
+DECODE_SHAPES = (("gsm8k 8-shot", _SHOT * 8, 256), ("humaneval", _SIGNATURE, 512))
 
 
 def decode_speed(device, budget: Budget) -> dict:
     """Generated tokens/s of the project's decode loop and of HF `generate` (batched, left-padded) on
-    SmolLM2 in bf16, for GSM8K-8-shot-sized prompts with 256 new tokens and HumanEval-sized ones with 512."""
+    SmolLM2 in bf16, at batch 32 and 64 for each of DECODE_SHAPES."""
     import torch
 
-    from .evaluation.generation import generate
     from .models import load_model, load_tokenizer
 
     if device.type != "cuda":
         return {"status": NO_CUDA, "rows": []}
     tokenizer = load_tokenizer("smollm2-135m")
-    tokenizer.padding_side = "left"
     model = load_model("smollm2-135m", dtype=torch.bfloat16, device=device).eval()
-    shot = "Q: A farmer has 3 fields with 12 rows of 8 plants each. How many plants?\nA: 3 x 12 x 8 = 288. " \
-           "The answer is 288.\n\n"
-    shapes = (("gsm8k 8-shot", shot * 8, 256), ("humaneval", "def solve(xs: list[int]) -> int:\n    \"\"\"Return "
-                                                 "the sum of the even numbers of xs.\"\"\"\n", 512))
     rows = []
-    for label, context, new in shapes:
+    for label, context, new in DECODE_SHAPES:
         for batch in (32, 64):
             if budget.left() < 40:
                 rows.append({"shape": label, "batch": batch, "status": "skipped: budget"})
                 continue
-            prompts = [context + f"Q: item {i}?\nA:" if label.startswith("gsm8k") else f"# {i}\n" + context
-                       for i in range(batch)]
-            row = {"shape": label, "batch": batch, "max_new_tokens": new}
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                texts = generate(model, tokenizer, prompts, max_new_tokens=new, batch_size=batch)
-                torch.cuda.synchronize()
-                ours = time.perf_counter() - t0
-                made = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-                row["ours_tokens_per_s"] = made / ours
-                enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                out = model.generate(**enc, do_sample=False, max_new_tokens=new, pad_token_id=tokenizer.pad_token_id)
-                torch.cuda.synchronize()
-                hf = time.perf_counter() - t0
-                real = int((out[:, enc["input_ids"].shape[1]:] != tokenizer.pad_token_id).sum())
-                row["hf_generate_tokens_per_s"] = real / hf
-            rows.append(row)
+            rows.append(decode_row(device, model, tokenizer, label, context, new, batch))
     return {"status": "measured", "rows": rows}
+
+
+def decode_row(device, model, tokenizer, label: str, context: str, new: int, batch: int) -> dict:
+    """Tokens/s of `batch` prompts (the context plus a distinct line) through the project's `generate` (rows
+    leave the batch at EOS) and through HF `generate` (counting its non-pad new tokens)."""
+    import torch
+
+    from .bench.timing import timed
+    from .evaluation.generation import generate
+
+    prompts = [context + f"Q: item {i}?\nA:" for i in range(batch)]
+    row = {"shape": label, "batch": batch, "max_new_tokens": new}
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+        ours, texts = timed(lambda: generate(model, tokenizer, prompts, max_new_tokens=new, batch_size=batch), device)
+        made = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        row["ours_tokens_per_s"] = made / ours
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        tokenizer.padding_side = side
+        hf, out = timed(lambda: model.generate(**enc, do_sample=False, max_new_tokens=new,
+                                               pad_token_id=tokenizer.pad_token_id), device)
+        made = int((out[:, enc["input_ids"].shape[1]:] != tokenizer.pad_token_id).sum())
+        row["hf_generate_tokens_per_s"] = made / hf
+    return row
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -420,8 +437,8 @@ def markdown(report: dict) -> str:
                 continue
             lines.append(f"| {row['model']} | {row['adapter']} | {row['r']} | {row['batch']} x {row['seq']} | "
                          f"{row['gradient_checkpointing']} | {row['tokens_per_s']:,.0f} | "
-                         f"{_fmt(row['mfu'])} | {row['peak_memory_gib']:.2f} | {row['planned_memory_gib']:.2f} | "
-                         f"{row['peak_over_plan']:.2f} |")
+                         f"{_fmt(row['mfu'])} | {_fmt(row['peak_memory_gib'])} | {row['planned_memory_gib']:.2f} | "
+                         f"{_fmt(row['peak_over_plan'])} |")
     decode = speed["decode"]
     lines += ["", f"Decoding, SmolLM2 bf16, generated tokens/s: {decode['status']}"]
     if decode.get("rows"):

@@ -41,6 +41,7 @@ def _bundle(tmp_path: Path, chunk: int) -> tuple[Path, dict[str, bytes]]:
 
 def test_large_files_are_split_and_install_sh_reassembles_and_verifies_them(tmp_path):
     root, files = _bundle(tmp_path, chunk=10)
+    assert subprocess.run(["bash", "-n", "install.sh"], cwd=root).returncode == 0     # the whole script parses
     stored = [p for p in root.rglob("*") if p.is_file()]
     assert all(p.stat().st_size <= 10 for p in stored if p.name not in bundle.KEEP_WHOLE)
     assert not (root / "wheels/big.whl").exists()

@@ -71,3 +71,23 @@ def test_a_bad_budget_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --budget-min -1: must be a positive number of minutes (default 8)"]
     assert not (tmp_path / "o").exists()
+
+
+def test_the_speed_code_runs_on_tiny_llama(tmp_path):
+    """The CUDA-only speed parts call train_row / decode_row; run them here on the CPU (tiny-llama, small
+    shapes) so their code is exercised before it meets a GPU. These figures are never reported."""
+    import torch
+
+    from clsharelora.models import load_model, load_tokenizer
+
+    cpu = torch.device("cpu")
+    for adapter in ({"name": "lora"}, {"name": "sharelora", "variant": "share_a"}):
+        row = gpu_check.train_row(cpu, "tiny", "tiny-llama", adapter, r=4, batch=2, seq=32, ckpt=True,
+                                  peak_flops=None, seconds=0.1)
+        assert row["steps"] >= 3 and row["tokens_per_s"] > 0 and row["model_flops_per_s"] > 0
+        assert row["mfu"] is None and row["peak_memory_gib"] == "skipped: no CUDA"
+        assert row["adapter"] == adapter.get("variant", "lora") and row["planned_memory_gib"] > 0
+    model, tokenizer = load_model("tiny-llama", seed=1).eval(), load_tokenizer("tiny-llama")
+    row = gpu_check.decode_row(cpu, model, tokenizer, "short", "Hello", new=4, batch=3)
+    assert row["ours_tokens_per_s"] > 0 and row["hf_generate_tokens_per_s"] > 0
+    assert tokenizer.padding_side == load_tokenizer("tiny-llama").padding_side
