@@ -60,20 +60,22 @@ test-bundle: install-dev
 
 # The lower ends of clsharelora/versions.py's supported range: a second venv with torch 2.11 + transformers
 # 5.17 (CPU wheels) and the project's other pins, then the tests that cover models, adapters, training,
-# decoding and gpu-check. Downloads ~1 GB; pip warns that clsharelora pins other torch/transformers versions.
+# decoding and gpu-check. pip warns that clsharelora pins other torch/transformers versions.
 LOWER_VENV := .venv-lower
+# CPU builds of torch/torchvision (PyPI's linux torch is the CUDA build, several GB with its nvidia-* wheels)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 LOWER_PINS := torch==2.11.0 torchvision==0.26.0 transformers==5.17.0
 LOWER_TESTS := tests/test_versions.py tests/test_adapters_sharing.py tests/test_adapters_saveload.py \
 	tests/test_eval_generation.py tests/test_run_e2e.py tests/test_gpu_check.py
 test-lower-bounds:
 	$(PYTHON) -m venv $(LOWER_VENV)
 	printf '%s\n' $(LOWER_PINS) > $(LOWER_VENV)/constraints.txt
-	$(LOWER_VENV)/bin/pip install -q --no-compile $(LOWER_PINS) --extra-index-url https://download.pytorch.org/whl/cpu
+	$(LOWER_VENV)/bin/pip install -q --no-compile $(LOWER_PINS) --extra-index-url $(TORCH_INDEX)
 	$(LOWER_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 		print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['dev'] \
 		if not r.startswith(('torch', 'transformers'))))" > $(LOWER_VENV)/requirements.txt
 	$(LOWER_VENV)/bin/pip install -q --no-compile -r $(LOWER_VENV)/requirements.txt -c $(LOWER_VENV)/constraints.txt \
-		--extra-index-url https://download.pytorch.org/whl/cpu
+		--extra-index-url $(TORCH_INDEX)
 	$(LOWER_VENV)/bin/pip install -q --no-deps -e . $(SMOLLM2) $(MISTRAL_COMMON)
 	$(LOWER_VENV)/bin/python -m clsharelora.versions
 	$(LOWER_VENV)/bin/python -m pytest -q $(LOWER_TESTS)

@@ -2,10 +2,11 @@
 
 `make install` pins one tested set (pyproject.toml); a GPU node brings its own CUDA build of torch and
 transformers, possibly other versions. The range below is what the project supports at run time: the upper
-ends are the pins' major versions, the lower ends are what `make test-lower-bounds` installs and tests. A
-version outside it is refused before any work, with the range in the message: the adapters and the training
-loop build on peft/transformers internals that change between releases, and a silently different result is
-worse than no result.
+ends stop before the next release line of the pins (torch and transformers: the next major; peft, before
+1.0: the next minor), the lower ends are what `make test-lower-bounds` installs and tests (not run yet,
+docs/scale.md "First run on a GPU node"). A version outside it is refused before any work, with the range
+in the message: the adapters and the training loop build on peft/transformers internals that change between
+releases, and a silently different result is worse than no result.
 
 This file imports nothing of clsharelora's and only the standard library plus `packaging` (a dependency of
 transformers), so the offline bundle's install.sh runs it as a script before installing anything:
