@@ -20,7 +20,7 @@ LLAMA_NAME = $(basename $(notdir $(CONFIG)))
 RUNS ?= runs/demo/*
 OUT ?= reports/demo
 
-.PHONY: install install-dev test test-slow test-bundle test-lower-bounds demo study study-gpu gpu-check baselines \
+.PHONY: install install-dev test test-slow test-bundle test-lower-bounds demo study study-gpu gpu-check gpu-results \
 	stream-llama2 report bench bench-smoke clean
 
 # `install`: what running needs (make demo installs only this); `install-dev`: plus what the tests need
@@ -95,6 +95,14 @@ study: install
 		--title "CPU study: does ShareLoRA forget less than LoRA? (SmolLM2-135M, 2 CPU cores)" --reference lora
 
 # First contact with a GPU (docs/scale.md, "First run on a GPU node"): the check, then the GPU study.
+# `make gpu-results` is the one command: the check once (kept in docs/results/gpu-check.json; `make gpu-check`
+# measures again), then the study, which resumes where the last GPU session stopped.
+gpu-results: docs/results/gpu-check.json study-gpu
+
+docs/results/gpu-check.json: | install
+	# a failed correctness check stops here and keeps no JSON, so the next call checks again
+	$(CLI) gpu-check --out docs/results --budget-min 8 || (rm -f $@; exit 1)
+
 gpu-check: install
 	$(CLI) gpu-check --out docs/results --budget-min 8
 
