@@ -346,18 +346,29 @@ def train_row(device, label: str, name: str, adapter: dict, *, r: int, batch: in
             "peak_over_plan": peak_bytes / plan["total"] if cuda else NO_CUDA}
 
 
-#: decode shapes: (label, shared prompt text, new tokens): GSM8K 8-shot-sized prompts, HumanEval-sized ones
-_SHOT = ("Q: A farmer has 3 fields with 12 rows of 8 plants each. How many plants?\n"
-         "A: 3 x 12 x 8 = 288. The answer is 288.\n\n")
-_SIGNATURE = 'def solve(xs: list[int]) -> int:\n    """Return the sum of the even numbers of xs."""\n'
-DECODE_SHAPES = (("gsm8k 8-shot", _SHOT * 8, 256), ("humaneval", _SIGNATURE, 512))
+#: decode shapes: (label, benchmark, gsm8k_cot shots, new tokens), the evaluators' prompts of the paper stream
+DECODE_SHAPES = (("gsm8k 8-shot (gsm8k_cot)", "gsm8k", 8, 256), ("humaneval", "humaneval", 0, 512))
 
 
-def decode_speed(device, budget: Budget) -> dict:
+def decode_prompts(benchmark: str, shots: int, n: int, data_root=None) -> list[str]:
+    """The first n test prompts as the evaluators build them (prompts.prompt_for; GSM8K with the gsm8k_cot
+    exemplars, HumanEval zero-shot)."""
+    from .data import load_benchmark
+    from .prompts import gsm8k_cot_exemplars, prompt_for
+
+    records = load_benchmark(benchmark, "test", root=data_root, source="files")[:n]
+    if benchmark == "gsm8k":
+        return [prompt_for(r, gsm8k_cot_exemplars(shots), cot=True) for r in records]
+    return [prompt_for(r) for r in records]
+
+
+def decode_speed(device, budget: Budget, data_root=None) -> dict:
     """Generated tokens/s of the project's decode loop and of HF `generate` (batched, left-padded) on
-    SmolLM2 in bf16, at batch 32 and 64 for each of DECODE_SHAPES."""
+    SmolLM2 in bf16, at batch 32 and 64 for each of DECODE_SHAPES; no stop strings, so both decode to EOS or
+    the token limit."""
     import torch
 
+    from .errors import UserError
     from .models import load_model, load_tokenizer
 
     if device.type != "cuda":
@@ -365,24 +376,29 @@ def decode_speed(device, budget: Budget) -> dict:
     tokenizer = load_tokenizer("smollm2-135m")
     model = load_model("smollm2-135m", dtype=torch.bfloat16, device=device).eval()
     rows = []
-    for label, context, new in DECODE_SHAPES:
+    for label, benchmark, shots, new in DECODE_SHAPES:
         for batch in (32, 64):
             if budget.left() < 40:
                 rows.append({"shape": label, "batch": batch, "status": "skipped: budget"})
                 continue
-            rows.append(decode_row(device, model, tokenizer, label, context, new, batch))
+            try:
+                prompts = decode_prompts(benchmark, shots, batch, data_root)
+            except UserError as exc:
+                rows.append({"shape": label, "batch": batch, "status": f"skipped: no {benchmark} data ({exc})"})
+                continue
+            rows.append(decode_row(device, model, tokenizer, label, prompts, new))
     return {"status": "measured", "rows": rows}
 
 
-def decode_row(device, model, tokenizer, label: str, context: str, new: int, batch: int) -> dict:
-    """Tokens/s of `batch` prompts (the context plus a distinct line) through the project's `generate` (rows
-    leave the batch at EOS) and through HF `generate` (counting its non-pad new tokens)."""
+def decode_row(device, model, tokenizer, label: str, prompts: list[str], new: int) -> dict:
+    """Tokens/s of `prompts` in one batch through the project's `generate` (a row leaves the batch at EOS)
+    and through HF `generate` (counting its non-pad new tokens)."""
     import torch
 
     from .bench.timing import timed
     from .evaluation.generation import generate
 
-    prompts = [context + f"Q: item {i}?\nA:" for i in range(batch)]
+    batch = len(prompts)
     row = {"shape": label, "batch": batch, "max_new_tokens": new}
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         ours, texts = timed(lambda: generate(model, tokenizer, prompts, max_new_tokens=new, batch_size=batch), device)
@@ -468,7 +484,7 @@ def check(device_name: str, *, budget_min: float, tiny: bool, data_root=None) ->
     peak = budget.run("matmul_peak", matmul_peak, device)
     report["speed"] = {"matmul_peak": peak,
                        "train": budget.run("train", train_speed, device, peak, budget),
-                       "decode": budget.run("decode", decode_speed, device, budget)}
+                       "decode": budget.run("decode", decode_speed, device, budget, data_root)}
     report["elapsed_s"] = round(time.perf_counter() - budget.start, 1)
     return report
 

@@ -88,6 +88,9 @@ def test_the_speed_code_runs_on_tiny_llama(tmp_path):
         assert row["mfu"] is None and row["peak_memory_gib"] == "skipped: no CUDA"
         assert row["adapter"] == adapter.get("variant", "lora") and row["planned_memory_gib"] > 0
     model, tokenizer = load_model("tiny-llama", seed=1).eval(), load_tokenizer("tiny-llama")
-    row = gpu_check.decode_row(cpu, model, tokenizer, "short", "Hello", new=4, batch=3)
-    assert row["ours_tokens_per_s"] > 0 and row["hf_generate_tokens_per_s"] > 0
+    prompts = gpu_check.decode_prompts("gsm8k", 8, 2)
+    assert len(prompts) == 2 and prompts[0].count("Q: ") == 9 and prompts[0].endswith("A:")
+    assert gpu_check.decode_prompts("humaneval", 0, 1)[0].lstrip().startswith(("def ", "from ", "import "))
+    row = gpu_check.decode_row(cpu, model, tokenizer, "short", ["Hello", "A longer prompt here", "x"], new=4)
+    assert row["batch"] == 3 and row["ours_tokens_per_s"] > 0 and row["hf_generate_tokens_per_s"] > 0
     assert tokenizer.padding_side == load_tokenizer("tiny-llama").padding_side
