@@ -85,3 +85,12 @@ def test_bad_bundle_options_are_one_error_line_and_write_nothing(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
     assert not out.exists()
+
+
+def test_the_bundle_takes_the_benchmark_folders_the_stream_reads():
+    from clsharelora.benchmarks.stream import load_stream
+
+    assert bundle._stream_benchmarks(load_stream("streams/study-gpu.yaml")) == [
+        "codealpaca", "gsm8k", "humaneval", "mmlu", "mmlu_pro"]
+    assert bundle._stream_benchmarks(load_stream("streams/study-cpu.yaml")) == [
+        "codealpaca", "gsm8k", "humaneval", "mmlu"]
