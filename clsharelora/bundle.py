@@ -272,8 +272,7 @@ def build(args) -> Path:
             shutil.copytree(PROJECT_ROOT / folder, tmp / folder)
         stream_file = Path(stream.path)      # a path, or a bare name resolved to the project's streams/
         stream_rel = f"streams/{stream_file.name}"
-        if not (tmp / stream_rel).exists():
-            shutil.copy(stream_file, tmp / stream_rel)
+        shutil.copy(stream_file, tmp / stream_rel)   # the stream asked for, also over a project one of its name
         model = args.model
         if source not in ("embedded", "random"):
             shutil.copytree(source, tmp / "model" / Path(source).name)

@@ -100,11 +100,12 @@ def _check(name: str, ok: bool, value, tolerance: str) -> dict:
 
 
 def _batch(tokenizer, device):
-    import torch
+    """Four prompts, right-padded, with padding masked out of the labels."""
+    from .benchmarks.tokenized import IGNORE_INDEX
 
     enc = tokenizer(PROMPTS[:4], return_tensors="pt", padding=True)
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    labels = ids.masked_fill(mask == 0, -100)
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
     return ids, mask, labels
 
 
