@@ -26,15 +26,7 @@ def test_the_gpu_study_grid():
         assert e["eval"].get("generate", True)
 
 
-def test_dry_run_prints_gpu_minutes_from_a_stated_default_without_a_measurement(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(estimate, "GPU_CHECK_JSON", tmp_path / "absent.json")
-    assert main(["study", "--config", CONFIG, "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "32 cells" in out
-    assert "(assumed for a GPU in bf16, no gpu-check measurement; --flops to change)" in out and "GPU-minutes" in out
-
-
-def test_dry_run_uses_gpu_checks_measured_throughput(monkeypatch, tmp_path, capsys):
+def test_dry_run_prints_gpu_minutes_from_gpu_checks_throughput_else_a_stated_default(monkeypatch, tmp_path, capsys):
     path = tmp_path / "gpu-check.json"
     path.write_text(json.dumps({"environment": {"gpu": "NVIDIA H200"}, "speed": {"train": [
         {"model": "smollm2-135m", "adapter": "share_a", "model_flops_per_s": 1.0e14},
@@ -44,8 +36,10 @@ def test_dry_run_uses_gpu_checks_measured_throughput(monkeypatch, tmp_path, caps
     measured = capsys.readouterr().out
     assert f"at 2e+14 FLOP/s sustained (measured by gpu-check on NVIDIA H200 ({path}))" in measured
     monkeypatch.setattr(estimate, "GPU_CHECK_JSON", tmp_path / "absent.json")
-    main(["study", "--config", CONFIG, "--dry-run"])
+    assert main(["study", "--config", CONFIG, "--dry-run"]) == 0
     default = capsys.readouterr().out
+    assert "32 cells" in default
+    assert "(assumed for a GPU in bf16, no gpu-check measurement; --flops to change)" in default
     minutes = [float(line.rsplit(";", 1)[1].split()[0].replace(",", "")) for text in (measured, default)
                for line in text.splitlines() if "GPU-minutes" in line]
     assert abs(minutes[0] * 2e14 / 1.2e14 - minutes[1]) <= 1   # the rate, not a constant, sets the minutes
