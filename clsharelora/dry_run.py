@@ -65,6 +65,20 @@ def dry_run(config: RunConfig, *, resume: bool = False) -> str:
         return _plan(config, resume=resume)
 
 
+def memory_plan(config: RunConfig, hf_config, base_params: int, trainable: int) -> dict[str, float]:
+    """Bytes per process the dry run plans for (estimates): base weights, adapter + grads + AdamW, activations
+    kept for backward, fp32 logits + grad, and their total (gpu-check divides the measured peak by it)."""
+    t = config.train
+    weights = base_params * (0.5 if config.load_in_4bit else BYTES[config.dtype])
+    acts = activation_bytes(hf_config, batch=t.batch_size, seq=t.max_length)
+    if t.gradient_checkpointing:
+        acts = int(acts / hf_config.num_hidden_layers * 2 + 2 * t.batch_size * t.max_length
+                   * hf_config.hidden_size * hf_config.num_hidden_layers)
+    plan = {"weights": weights, "adapter": trainable * 4 * 4,  # fp32 weights + grads + Adam m and v
+            "activations": acts, "logits": t.batch_size * t.max_length * hf_config.vocab_size * 4 * 2}
+    return {**plan, "total": sum(plan.values())}
+
+
 def _plan(config: RunConfig, *, resume: bool) -> str:
     from .training.runner import load_inputs, prepare
 
@@ -83,14 +97,9 @@ def _plan(config: RunConfig, *, resume: bool) -> str:
         lora_params = registry.create("lora", "adapter", r=adapter.options["r"],
                                       targets=adapter.options["targets"]).expected_params(hf_config)
 
-    weight_bytes = base_params * (0.5 if config.load_in_4bit else BYTES[config.dtype])
-    adapter_bytes = trainable * 4 * 4  # fp32 weights + grads + Adam m and v
+    memory = memory_plan(config, hf_config, base_params, trainable)
+    weight_bytes, adapter_bytes, acts, logits = (memory[k] for k in ("weights", "adapter", "activations", "logits"))
     t = config.train
-    acts = activation_bytes(hf_config, batch=t.batch_size, seq=t.max_length)
-    if t.gradient_checkpointing:
-        acts = int(acts / hf_config.num_hidden_layers * 2 + 2 * t.batch_size * t.max_length
-                   * hf_config.hidden_size * hf_config.num_hidden_layers)
-    logits = t.batch_size * t.max_length * hf_config.vocab_size * 4 * 2  # fp32 logits + their grad
 
     lines = [
         f"dry run: {config.model} (meta device, no weights loaded)",

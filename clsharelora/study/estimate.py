@@ -16,10 +16,33 @@ from ..benchmarks.stream import parse_stream
 from ..config import from_dict
 from ..data import load_benchmark
 from ..models import resolve
+from ..paths import PROJECT_ROOT
 from .grid import Study
 
 #: assumed sustained throughput when --flops is not given: a GPU at ~40% of bf16 peak, a CPU in fp32
 DEFAULT_FLOPS = {"bfloat16": 1.2e14, "float16": 1.2e14, "float32": 3.0e10}
+#: what a CUDA study assumes without a measurement: the bf16 GPU figure above (stated in the output)
+DEFAULT_GPU_FLOPS = DEFAULT_FLOPS["bfloat16"]
+
+
+#: where `make gpu-check` writes its measurement (committed from a GPU node, docs/scale.md)
+GPU_CHECK_JSON = PROJECT_ROOT / "docs" / "results" / "gpu-check.json"
+
+
+def measured_flops(path=None) -> tuple[float, str] | None:
+    """(model FLOP/s, source) of SmolLM2 LoRA training as `clsharelora gpu-check` measured it on a GPU
+    (GPU_CHECK_JSON), or None when there is no such measurement."""
+    import json
+
+    path = path or GPU_CHECK_JSON
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for row in (report.get("speed") or {}).get("train") or []:
+        if row.get("model") == "smollm2-135m" and row.get("adapter") == "lora" and row.get("model_flops_per_s"):
+            return float(row["model_flops_per_s"]), f"measured by gpu-check on {report['environment'].get('gpu')} ({path})"
+    return None
 
 
 def _arch_config(model: str):
@@ -89,14 +112,24 @@ def estimate(study: Study, flops: float | None = None) -> str:
         eval_tokens += n_eval * per_item
     rows = len(stream.experiences) + 1
     cell_flops = 6 * n_base * train_tokens + 2 * n_base * eval_tokens * rows
-    rate = flops or DEFAULT_FLOPS.get(config.dtype, 3.0e10)
+    on_gpu = config.device.startswith("cuda")
+    measured = measured_flops() if on_gpu and not flops else None
+    if flops:
+        rate, source = flops, "--flops"
+    elif measured:
+        rate, source = measured
+    elif on_gpu:
+        rate, source = DEFAULT_GPU_FLOPS, "assumed for a GPU in bf16, no gpu-check measurement; --flops to change"
+    else:
+        rate = DEFAULT_FLOPS.get(config.dtype, 3.0e10)
+        source = f"assumed for dtype {config.dtype}; --flops to change"
     hours = cell_flops * len(study.cells) / rate / 3600
     lines += [
         "compute estimate (upper bound from token counts, see clsharelora/study/estimate.py):",
         f"  base parameters N:      {n_base:,}",
         f"  per cell: train tokens {train_tokens:,} (6N each), scored tokens {eval_tokens:,} x {rows} rows (2N each)",
         f"  per cell: {cell_flops:.3g} FLOPs; study: {cell_flops * len(study.cells):.3g} FLOPs",
-        f"  at {rate:.3g} FLOP/s sustained (assumed{'' if flops else f' for dtype {config.dtype}; --flops to change'}): "
-        f"{hours:,.2f} device-hours ({hours / len(study.cells):,.3f} per cell)",
+        f"  at {rate:.3g} FLOP/s sustained ({source}): {hours:,.2f} device-hours ({hours / len(study.cells):,.3f} "
+        f"per cell)" + (f"; {hours * 60:,.0f} GPU-minutes" if on_gpu else ""),
     ]
     return "\n".join(lines)
