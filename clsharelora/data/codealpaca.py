@@ -3,6 +3,8 @@
 Only a train split. Default file code_alpaca_2k.json; kw file= picks another (e.g. new_codealpaca.json).
 `question` is the instruction, plus a blank line and the input when there is one. Ids are
 "codealpaca/<file stem>/<index>" so items of different files never collide.
+Rows whose `output` is blank are left out (nothing to train on: code_alpaca_2k.json has two, at indices 237
+and 1859); the others keep their upstream index, so ids do not shift.
 """
 
 from __future__ import annotations
@@ -46,10 +48,15 @@ def file_source(root: Path | None, split: str, *, file: str = DEFAULT_FILE) -> P
     return None if root is None else root / NAME / _check_file(file)
 
 
+def _has_output(row: Mapping[str, Any]) -> bool:
+    """False for an upstream row with a blank `output` (a training target of nothing)."""
+    return not (isinstance(row, Mapping) and isinstance(row.get("output"), str) and not row["output"].strip())
+
+
 def load_files(path: Path, split: str, *, file: str = DEFAULT_FILE) -> list[Record]:
     return [
         build_record(row, split=split, index=i, loc=io.where(path, line), file=file)
-        for i, (line, row) in enumerate(io.read_json_list(path))
+        for i, (line, row) in enumerate(io.read_json_list(path)) if _has_output(row)
     ]
 
 
@@ -58,5 +65,5 @@ def load_hub(split: str, *, file: str = DEFAULT_FILE) -> list[Record]:
     rows = hub.fetch(NAME, HUB_REPO, HUB_CONFIG, split, data_files={split: f"data/{_check_file(file)}"})
     return [
         build_record(row, split=split, index=i, loc=hub.hub_where(HUB_REPO, split, i), file=file)
-        for i, row in enumerate(rows)
+        for i, row in enumerate(rows) if _has_output(row)
     ]
