@@ -1,4 +1,4 @@
-"""`clsharelora` command line: run, compare, study, report, list, bench.
+"""`clsharelora` command line: run, compare, study, report, list, bench, bundle, gpu-check.
 
 User mistakes (bad YAML, unknown names, missing data, impossible values) print one `error:` line and exit 2;
 nothing is written before the inputs are validated.
