@@ -91,7 +91,9 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
                       out: str | None = None, name: str | None = None):
     from . import config as cfgmod
 
-    data = cfgmod.load_yaml(args.config) if args.config else {}
+    from .paths import resolve_builtin
+
+    data = cfgmod.load_yaml(resolve_builtin(args.config, "configs")) if args.config else {}
     for key in ("stream", "model", "seed", "device"):
         value = getattr(args, key, None)
         if value is not None:
@@ -285,12 +287,12 @@ def _cmd_list(args) -> int:
     from . import registry
     from .evaluation.tasks import task_names
     from .models.names import known_models
-    from .paths import PROJECT_ROOT
+    from .paths import builtin_names
 
     print("models:     " + ", ".join(known_models()) + "  (or any HF id / local path)")
     print("adapters:   " + ", ".join(registry.listed("adapter")))
     print("cl methods: " + ", ".join(registry.listed("cl")))
-    print("streams:    " + ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "streams").glob("*.yaml"))))
+    print("streams:    " + ", ".join(builtin_names("streams")))
     print("tasks:      " + ", ".join(task_names()))
     if args.verbose:
         for kind in registry.KINDS:
