@@ -1,4 +1,4 @@
-"""`clsharelora` command line: run, compare, report, list, bench.
+"""`clsharelora` command line: run, compare, study, report, export, list, bench.
 
 User mistakes (bad YAML, unknown names, missing data, impossible values) print one `error:` line and exit 2;
 nothing is written before the inputs are validated.
@@ -19,6 +19,7 @@ EPILOG = """examples:
   clsharelora run ... --dry-run         # meta-device model: parameter counts, memory plan, stream; no weights
   clsharelora compare --stream streams/demo.yaml --strategies lora,sharelora --out runs/demo
   clsharelora report runs/demo/* --out reports/demo
+  clsharelora export runs/demo/sharelora/adapters/exp_4 --out merged --merge   # for lm-eval, vLLM, ...
 """
 
 
@@ -77,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="plots, tables and report.md/.html from run directories")
     report.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR... --out DIR (see clsharelora report -h)")
+
+    export = sub.add_parser("export", help="a run's adapter as plain peft files, or merged into its base model "
+                                           "(docs/interop.md)")
+    export.add_argument("adapter", help="a run's adapter folder, RUN/adapters/exp_<i>")
+    export.add_argument("--out", required=True, help="new folder to write (must not exist or be empty)")
+    export.add_argument("--merge", action="store_true",
+                        help="fold the adapter into the run's base model and write a plain transformers checkpoint "
+                             "with its tokenizer (default: the peft adapter files, without sharelora.json)")
 
     lst = sub.add_parser("list", help="known models, strategies, streams and tasks")
     lst.add_argument("--verbose", "-v", action="store_true",
@@ -325,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "export":
+            from .adapters.export import export
+
+            print(f"exported: {export(args.adapter, args.out, merge=args.merge)}")
+            return 0
         if args.command == "study":
             return _cmd_study(args)
         if args.command == "report":

@@ -66,6 +66,30 @@ def test_a_sharelora_adapter_loads_in_plain_peft_with_the_same_logits(exported):
     assert (merged - want).abs().max() < 1e-4
 
 
+def test_export_writes_a_plain_lora_and_a_merged_checkpoint_with_the_run_logits(exported, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base, adapter = exported
+    tok = load_tokenizer("tiny-llama")
+    want = logits(load_sharelora(load_model("tiny-llama"), adapter, is_trainable=False).eval(), tok)
+    assert main(["export", str(adapter), "--out", str(tmp_path / "plain")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == \
+        ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(tmp_path / "plain")).eval()
+    torch.testing.assert_close(logits(plain, tok), want, rtol=0, atol=0)
+    assert main(["export", str(adapter), "--out", str(tmp_path / "merged"), "--merge"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert (logits(merged, tok) - want).abs().max() < 1e-4
+    capsys.readouterr()
+    assert main(["export", str(adapter), "--out", str(tmp_path / "plain")]) == 2      # never overwrites
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2         # not an adapter
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err), err
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_lm_eval_scores_the_adapter_from_its_paths(exported, tmp_path):
     """`lm_eval --model hf --model_args pretrained=BASE,peft=ADAPTER` on a two-item local task gives the
