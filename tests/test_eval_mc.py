@@ -159,6 +159,24 @@ def test_mmlu_pro_cot_counts_the_prompts_cut_to_fit_the_model(tok, monkeypatch):
     assert score.as_dict()["prompts_cut"] == sum(cut)
 
 
+def test_a_run_whose_generation_budget_leaves_no_room_for_a_prompt_is_refused_before_loading(tmp_path, capsys):
+    """MMLU-Pro CoT's 2,048 new tokens on tiny-llama's 2,048 positions: one error line naming the experience,
+    exit 2, nothing written (before, it failed only when the untrained model was first scored)."""
+    from clsharelora.cli import main
+
+    stream = tmp_path / "s.yaml"
+    stream.write_text("name: s\nexperiences:\n  - name: pro\n"
+                      "    train: {benchmark: mmlu_pro, split: validation, n: 4, max_steps: 1}\n"
+                      "    eval: {task: mmlu_pro, n: 2, mode: cot}\n")
+    code = main(["run", "--stream", str(stream), "--model", "tiny-llama", "--strategy", "lora", "--no-progress",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == ("error: experience 'pro', eval task mmlu_pro: max_new_tokens=2048 leaves no room for a "
+                      "prompt: the model has 2048 positions (give max_new_tokens < 2048)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_shots_come_from_the_same_subject_and_never_the_item_itself():
     pool = [mmlu_item(i, "anatomy", "A") for i in range(3)] + [mmlu_item(10, "virology", "C")]
     ev = MMLUEvaluator(records=[pool[0]], shot_pool=pool, shots=2)

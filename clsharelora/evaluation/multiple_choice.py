@@ -123,6 +123,11 @@ class MultipleChoiceEvaluator(Evaluator):
             self.label += f"+max_new_tokens={max_new_tokens}"
         self.last_outputs: list[dict] = []
 
+    @classmethod
+    def new_tokens(cls, options) -> int | None:
+        """Only CoT mode generates; letter scoring is one forward per item."""
+        return super().new_tokens(options) if options.get("mode", "letter") == "cot" else None
+
     def _shots_for(self, record: Record, pool: list[Record], k: int) -> tuple[Record, ...]:
         if not k:
             return ()

@@ -111,3 +111,21 @@ def check_adapter_fits(adapter, model) -> None:
         name, bound, fin, fout, r = worst
         raise ConfigError(f"adapter.r={r} is larger than the layer it adapts: {name} maps {fin} -> {fout}, so r "
                           f"must be <= {bound} (or leave such layers out of adapter.targets)")
+
+
+def check_generation_fits(stream, model) -> None:
+    """Every generating task leaves room for a prompt in the model's positions (max_new_tokens < positions;
+    longer prompts are then cut from the left, docs/evaluation.md): checked on the meta-device model before
+    any weights load, not when the untrained model is first scored."""
+    from ..evaluation.generation import prompt_token_limit
+    from ..evaluation.tasks import evaluator_class
+
+    for exp in stream.experiences:
+        budget = evaluator_class(exp.task).new_tokens(exp.eval_options)
+        if budget is None:
+            continue
+        try:
+            prompt_token_limit(model, budget)
+        except ConfigError as exc:
+            raise ConfigError(f"experience {exp.name!r}, eval task {exp.task}: {exc}") from None
+

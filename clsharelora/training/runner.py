@@ -79,6 +79,7 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
         engine.check_fsdp_combination(adapter.name, cl.name, config.load_in_4bit)
     base = preflight.meta_base(config.model)
     if base is not None:
+        preflight.check_generation_fits(stream, base)
         cl.check_model(preflight.apply_on_meta(adapter, base))
     resolved = dataclasses.replace(config, name=name, out=str(run_dir))
     ident = rundir.identity(resolved, stream, root)
@@ -117,6 +118,7 @@ def _load_model(prep: Prepared, device: torch.device):
     seed_everything(cfg.seed)  # the adapter's init draws from a known RNG state
     model = prep.adapter.apply(model)
     preflight.check_adapter_fits(prep.adapter, model)  # hub models, whose architecture prepare could not see
+    preflight.check_generation_fits(prep.stream, model)
     prep.cl.check_model(model)
     return model if cfg.load_in_4bit else model.to(device)
 
