@@ -1,11 +1,13 @@
 """Part 3: evaluation throughput, ours vs lm-evaluation-harness's HF backend, on the same model, items, shots.
 
 Same work on both sides: MMLU letter scoring (log-likelihood of " A".." D" after the few-shot prompt, argmax),
-GSM8K greedy generation with lm-eval's stop strings and answer filters, and HumanEval 0-shot greedy completion
-with lm-eval's humaneval stop strings, at the paper stream's lengths (GSM8K 8-shot 256 new tokens, HumanEval
-512: streams/paper.yaml). The prompts are rendered once by
-our evaluators and handed to lm-eval as a local JSON-lines task (bench/lm_eval_tasks/*.yaml, filled in a
-temp dir), so both sides see identical text; what is compared is the scoring/generation machinery. Our NLL
+GSM8K under the paper stream's default protocol (lm-eval `gsm8k_cot`: greedy generation, its stop strings
+and answer filters), and HumanEval 0-shot greedy completion with lm-eval's humaneval stop strings, at the
+paper stream's lengths (GSM8K 8-shot 256 new tokens, HumanEval 512: streams/paper.yaml); each row carries
+its protocol label. For GSM8K lm-eval renders its own prompts from its shipped `gsm8k_cot` task (only the
+data swapped to the same items); for MMLU and HumanEval the prompts rendered by our evaluators are handed to
+lm-eval as a local JSON-lines task (bench/lm_eval_tasks/*.yaml, filled in a temp dir). What is compared is
+the scoring/generation machinery. Our NLL
 pass (part of `Evaluator.evaluate`, absent from lm-eval) is not timed. Timed: tokenisation + model calls +
 answer extraction on our side; `lm_eval.evaluator.evaluate` (request building, model calls, filters,
 metrics) on theirs. Runs alternate (ours, lm-eval, ours, ...) after one warm-up call of each (one batch of
@@ -85,17 +87,41 @@ def ours_gsm8k(model, tokenizer, ev, prompts=None) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- lm-eval
+HF_DEFAULT_MAX_GEN_TOKS = 256   # lm-eval HFLM.max_gen_toks: what gsm8k_cot (which sets none) generates
+
+
+def gsm8k_cot_task(directory: Path, name: str, gsm8k_ev) -> str:
+    """lm-eval's own shipped `gsm8k_cot` task over the evaluator's items (data swapped to a local file, as
+    tests/test_lm_eval_parity.py does), so lm-eval renders its own prompts; `--num_fewshot` = our shots, and
+    the token budget ours when it is not lm-eval's default. Returns the task YAML's text."""
+    import lm_eval
+    import yaml
+
+    shipped = Path(lm_eval.__file__).resolve().parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml"
+    data = directory / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": r.question, "answer": r.meta["raw_answer"]}) + "\n"
+                            for r in gsm8k_ev.records))
+    wrapper = {"include": str(shipped), "task": name, "dataset_path": "json", "dataset_name": None,
+               "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(directory / "hf_cache")},
+               "num_fewshot": len(gsm8k_ev.shots)}
+    if gsm8k_ev.max_new_tokens != HF_DEFAULT_MAX_GEN_TOKS:
+        generation = dict(yaml.safe_load(shipped.read_text())["generation_kwargs"])
+        wrapper["generation_kwargs"] = {**generation, "max_gen_toks": gsm8k_ev.max_new_tokens}
+    return yaml.safe_dump(wrapper)
+
+
 def write_tasks(directory: Path, mmlu_ev, gsm8k_ev, humaneval_ev, tag: str) -> dict[str, str]:
-    """JSON-lines data + filled-in YAMLs in `directory`; returns kind -> lm-eval task name."""
+    """Task YAMLs (and their JSON-lines data) in `directory`; returns kind -> lm-eval task name. GSM8K is
+    lm-eval's shipped `gsm8k_cot` rendering its own prompts (`gsm8k_cot_task`); MMLU and HumanEval hand
+    lm-eval the prompts our evaluators rendered (tests/test_lm_eval_parity.py checks MMLU's are lm-eval's)."""
     names = {kind: f"clsharelora_bench_{kind}_{tag}" for kind in ("mmlu", "gsm8k", "humaneval")}
     rows = {
         "mmlu": [{"context": p, "gold": "ABCD".index(r.answer)} for r, p in zip(mmlu_ev.records, mmlu_ev.prompts)],
-        "gsm8k": [{"context": p, "answer": r.answer} for r, p in zip(gsm8k_ev.records, gsm8k_ev.prompts)],
         "humaneval": [{"context": p, "answer": r.target}
                       for r, p in zip(humaneval_ev.records, humaneval_prompts(humaneval_ev))],
     }
-    templates = {"mmlu": "mmlu_letters.yaml", "gsm8k": "gsm8k_cot.yaml", "humaneval": "humaneval_completion.yaml"}
-    new_tokens = {"mmlu": 1, "gsm8k": gsm8k_ev.max_new_tokens, "humaneval": humaneval_ev.max_new_tokens}
+    templates = {"mmlu": "mmlu_letters.yaml", "humaneval": "humaneval_completion.yaml"}
+    new_tokens = {"mmlu": 1, "humaneval": humaneval_ev.max_new_tokens}
     for kind, items in rows.items():
         data = directory / f"{kind}.jsonl"
         data.write_text("".join(json.dumps(x) + "\n" for x in items))
@@ -103,6 +129,7 @@ def write_tasks(directory: Path, mmlu_ev, gsm8k_ev, humaneval_ev, tag: str) -> d
         text = text.replace("__TASK__", names[kind]).replace("__DATA_FILE__", json.dumps(str(data)))
         text = text.replace("__MAX_GEN_TOKS__", str(new_tokens[kind]))
         (directory / f"{names[kind]}.yaml").write_text(text)
+    (directory / f"{names['gsm8k']}.yaml").write_text(gsm8k_cot_task(directory, names["gsm8k"], gsm8k_ev))
     return names
 
 
@@ -219,15 +246,20 @@ def warm_items(kind: str, batch_size: int) -> int:
 def settings_line(kind: str, block: dict, batch_size: int) -> str:
     """The settings a ratio was measured at, printed next to it."""
     if kind == "mmlu":
-        return f"{block['n']} items {block['shots']}-shot, batch {batch_size}"
-    return f"{block['n']} items {block['shots']}-shot, {block['max_new_tokens']} new tokens, batch {batch_size}"
+        return f"{block['protocol']}, {block['n']} items {block['shots']}-shot, batch {batch_size}"
+    return (f"{block['protocol']}, {block['n']} items {block['shots']}-shot, {block['max_new_tokens']} new tokens, "
+            f"batch {batch_size}")
 
 
 # ------------------------------------------------------------------------------------------- run
 def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_shots: int, gsm8k_new_tokens: int,
         humaneval_n: int, humaneval_new_tokens: int,
         mmlu_subjects: tuple[str, ...] = ("high_school_psychology", "elementary_mathematics"),
-        batch_size: int, reps: int, device: str | None, profile_on_miss: bool = True, log=print) -> dict[str, Any]:
+        batch_size: int, reps: int, device: str | None, profile_on_miss: bool = True, log=print,
+        on_task_done=None) -> dict[str, Any]:
+    """The comparison for MMLU, GSM8K (the paper stream's default protocol, gsm8k_cot) and HumanEval; each
+    task's block names its protocol. `on_task_done(result)` is called with the result so far after each
+    task, so a caller can save what is measured before a later task fails or is killed."""
     from clsharelora.evaluation.base import make_evaluator
     from clsharelora.evaluation.gsm8k import extract_strict, is_correct
     from clsharelora.models import load_model, load_tokenizer
@@ -242,23 +274,25 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
 
     mmlu = make_evaluator("mmlu", shots=mmlu_shots, batch_size=batch_size,
                           records=load_benchmark("mmlu", "test", n=mmlu_n, subjects=list(mmlu_subjects)))
-    gsm8k = make_evaluator("gsm8k", n=gsm8k_n, shots=gsm8k_shots, batch_size=batch_size, protocol="seeded",
+    gsm8k = make_evaluator("gsm8k", n=gsm8k_n, shots=gsm8k_shots, batch_size=batch_size,
                            max_new_tokens=gsm8k_new_tokens)
     humaneval = make_evaluator("humaneval", n=humaneval_n, batch_size=batch_size,
                                max_new_tokens=humaneval_new_tokens)
     model = load_model(model_name, device=dev)
     tokenizer = load_tokenizer(model_name)
     evs = {"mmlu": mmlu, "gsm8k": gsm8k, "humaneval": humaneval}
+    protocols = {kind: ev.label for kind, ev in evs.items()}
     prompt_tokens = {kind: sum(len(tokenizer(p)["input_ids"]) for p in PROMPTS[kind](ev)) / len(ev.records)
                      for kind, ev in evs.items()}
     result: dict[str, Any] = {"model": model_name, "device": str(dev), "batch_size": batch_size, "reps": reps,
                               "target_speedup": TARGET, "mean_prompt_tokens": prompt_tokens,
                               "mmlu": {"n": len(mmlu.records), "shots": mmlu_shots,
-                                       "subjects": list(mmlu_subjects)},
+                                       "subjects": list(mmlu_subjects), "protocol": protocols["mmlu"]},
                               "gsm8k": {"n": len(gsm8k.records), "shots": gsm8k_shots,
-                                        "max_new_tokens": gsm8k_new_tokens},
+                                        "max_new_tokens": gsm8k_new_tokens, "protocol": protocols["gsm8k"]},
                               "humaneval": {"n": len(humaneval.records), "shots": 0,
-                                            "max_new_tokens": humaneval_new_tokens},
+                                            "max_new_tokens": humaneval_new_tokens,
+                                            "protocol": protocols["humaneval"]},
                               "timed_work": "ours: tokenise + forward/generate + answer extraction (NLL pass "
                                             "excluded); lm-eval: lm_eval.evaluator.evaluate on a local task"}
     version = lm_eval_version()
@@ -330,6 +364,8 @@ def run(*, model_name: str, mmlu_n: int, mmlu_shots: int, gsm8k_n: int, gsm8k_sh
                                                      result["lm_eval"]["tasks"][kind])
             block["new_tokens_ours"] = _new_tokens(tokenizer, ours_out) if kind != "mmlu" else None
             log(f"[eval] {kind} done in {time.perf_counter() - t0:.0f} s")
+            if on_task_done is not None:
+                on_task_done(result)
     finally:
         scratch.cleanup()
     return result

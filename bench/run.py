@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clsharelora import atomic
 from clsharelora.errors import UserError
 
 from .timing import PROJECT_ROOT, fmt_stats
@@ -353,7 +354,8 @@ def ratio_table(results: dict[str, dict]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- main
-def run_part(part: str, s: dict, args, log) -> dict:
+def run_part(part: str, s: dict, args, log, save_partial=None) -> dict:
+    """Run one part; `save_partial(result)` (the eval part) saves a result still missing later tasks."""
     if part == "adapters":
         from . import adapters
 
@@ -374,7 +376,7 @@ def run_part(part: str, s: dict, args, log) -> dict:
                                    gsm8k_new_tokens=s["gsm8k_new_tokens"], humaneval_n=s["humaneval_n"],
                                    humaneval_new_tokens=s["humaneval_new_tokens"], batch_size=s["eval_batch"],
                                    reps=s["eval_reps"], device=args.device,
-                                   profile_on_miss=not args.no_profile, log=log)
+                                   profile_on_miss=not args.no_profile, log=log, on_task_done=save_partial)
     if part == "scaling":
         from . import scaling
 
@@ -462,14 +464,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{'; QUICK smoke: numbers are meaningless' if args.quick else ''}")
     results: dict[str, dict] = {}
     seconds: dict[str, float] = {}
+    def write(part: str, result: dict, wall: float, *, complete: bool) -> None:
+        """PART.json; `complete` False while a part (eval) has saved only the tasks it finished so far."""
+        payload = {"part": part, "quick": args.quick, "complete": complete, "machine": machine(), "settings": s,
+                   "wall_seconds": wall, "result": result}
+        atomic.write_text(out / f"{part}.json", json.dumps(payload, indent=1, default=list) + "\n")
+
     for part in parts:
         t0 = time.perf_counter()
         with quiet():
-            results[part] = run_part(part, s, args, log)
+            results[part] = run_part(part, s, args, log, save_partial=lambda result, part=part, t0=t0: write(
+                part, result, time.perf_counter() - t0, complete=False))
         seconds[part] = time.perf_counter() - t0
-        payload = {"part": part, "quick": args.quick, "machine": machine(), "settings": s,
-                   "wall_seconds": seconds[part], "result": results[part]}
-        (out / f"{part}.json").write_text(json.dumps(payload, indent=1, default=list) + "\n")
+        write(part, results[part], seconds[part], complete=True)
         print("\n".join(["", *TABLES[part](results[part]), line]), flush=True)
     summary = ratio_table(results)
     # a partial run (--only) gets its own summary file, so it does not overwrite the summary of other parts

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,10 +20,46 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temporary_name(path: Path) -> Path:
+    """A fresh `.NAME.<random>.tmp` sibling of `path` (the pattern `recover` cleans up)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def umask() -> int:
+    """The process umask, read from /proc without changing it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give `folder` and everything under it the modes a plain write would have had under the umask (0755
+    folders, 0644 files, executables 0755 under umask 022): libraries that write through their own temporary
+    files (safetensors, tempfile.mkdtemp) leave 0600 / 0700, which collaborators cannot read."""
+    mask = umask()
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        full = 0o777 if path.is_dir() or path.stat().st_mode & 0o111 else 0o666
+        os.chmod(path, full & ~mask)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary sibling, fsync it and rename it over `path`. The temporary is created with
+    mode 0666 so the kernel applies the umask (a file a collaborator can read under umask 022), unlike
+    mkstemp's fixed 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -46,12 +82,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 @contextmanager
 def directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Fill a temporary sibling directory, fsync it, then rename it into place (replacing an old one)."""
+    """Fill a temporary sibling directory, fsync it, then rename it into place (replacing an old one). The
+    directory is created with mode 0777 less the umask, like every other folder of a run (mkdtemp's is 0700)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _temporary_name(path)
+    os.mkdir(tmp, 0o777)
     try:
         yield tmp
+        follow_umask(tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:

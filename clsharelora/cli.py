@@ -1,4 +1,4 @@
-"""`clsharelora` command line: run, compare, study, report, list, bench, bundle, gpu-check.
+"""`clsharelora` command line: run, compare, study, report, export, list, bench, bundle, gpu-check.
 
 User mistakes (bad YAML, unknown names, missing data, impossible values) print one `error:` line and exit 2;
 nothing is written before the inputs are validated.
@@ -19,6 +19,7 @@ EPILOG = """examples:
   clsharelora run ... --dry-run         # meta-device model: parameter counts, memory plan, stream; no weights
   clsharelora compare --stream streams/demo.yaml --strategies lora,sharelora --out runs/demo
   clsharelora report runs/demo/* --out reports/demo
+  clsharelora export runs/demo/sharelora/adapters/exp_4 --out merged --merge   # for lm-eval, vLLM, ...
 """
 
 
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     # of the command line as it is, so `clsharelora report --help` prints report's options
     sub.add_parser("report", help="plots, tables and report.md/.html from run directories", add_help=False)
 
+    export = sub.add_parser("export", help="a run's adapter as plain peft files, or merged into its base model "
+                                           "(docs/interop.md)")
+    export.add_argument("adapter", help="a run's adapter folder, RUN/adapters/exp_<i>")
+    export.add_argument("--out", required=True, help="new folder to write (must not exist or be empty)")
+    export.add_argument("--merge", action="store_true",
+                        help="fold the adapter into the run's base model and write a plain transformers checkpoint "
+                             "with its tokenizer (default: the peft adapter files, without sharelora.json)")
+
     lst = sub.add_parser("list", help="known models, strategies, streams and tasks")
     lst.add_argument("--verbose", "-v", action="store_true",
                      help="also every strategy's options with defaults and help (imports the plug-ins)")
@@ -104,7 +113,9 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
     """defaults < --config < flags < --set < the strategy spec of compare (`spec`, strategy_specs.Spec)."""
     from . import config as cfgmod
 
-    data = cfgmod.load_yaml(args.config) if args.config else {}
+    from .paths import resolve_builtin
+
+    data = cfgmod.load_yaml(resolve_builtin(args.config, "configs")) if args.config else {}
     for key in ("stream", "model", "seed", "device"):
         value = getattr(args, key, None)
         if value is not None:
@@ -356,12 +367,12 @@ def _cmd_list(args) -> int:
     from . import registry
     from .evaluation.tasks import task_names
     from .models.names import known_models
-    from .paths import PROJECT_ROOT
+    from .paths import builtin_names
 
     print("models:     " + ", ".join(known_models()) + "  (or any HF id / local path)")
     print("adapters:   " + ", ".join(registry.listed("adapter")))
     print("cl methods: " + ", ".join(registry.listed("cl")))
-    print("streams:    " + ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "streams").glob("*.yaml"))))
+    print("streams:    " + ", ".join(builtin_names("streams")))
     print("tasks:      " + ", ".join(task_names()))
     if args.verbose:
         for kind in registry.KINDS:
@@ -418,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "export":
+            from .adapters.export import export
+
+            print(f"exported: {export(args.adapter, args.out, merge=args.merge)}")
+            return 0
         if args.command == "study":
             return _cmd_study(args)
     except UserError as exc:

@@ -32,7 +32,7 @@ def test_quick_run_writes_every_part_and_prints_the_ratio_table(quick):
     assert code == 0
     for part in bench_run.PARTS:
         payload = json.loads((out / f"{part}.json").read_text())
-        assert payload["part"] == part and payload["quick"] is True
+        assert payload["part"] == part and payload["quick"] is True and payload["complete"] is True
         assert payload["machine"]["torch"] == torch.__version__
     summary = json.loads((out / "summary.json").read_text())
     assert summary["parts"] == list(bench_run.PARTS)
@@ -84,6 +84,31 @@ def test_eval_comparison_sees_identical_mmlu_predictions(quick):
     assert res["mmlu"]["same_predictions"] == res["mmlu"]["n"]
     assert res["mmlu"]["identical_accuracy"]
     assert res["gsm8k"]["same_completions"] == res["gsm8k"]["n"]
+
+
+def test_eval_part_saves_each_task_as_it_completes_and_names_its_protocols(tmp_path, monkeypatch):
+    """GSM8K is timed under the paper stream's default protocol with lm-eval rendering its own prompts
+    (same completions as ours), every row says its protocol, and a task that dies leaves the finished
+    tasks' measurements on disk (before, eval.json was written only when all three were done, and GSM8K
+    ran the seeded protocol on prompts we rendered for lm-eval)."""
+    from clsharelora.bench import eval_throughput
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed during humaneval")
+
+    monkeypatch.setitem(eval_throughput.OURS, "humaneval", killed)
+    with pytest.raises(RuntimeError, match="killed during humaneval"):
+        bench_run.main(["--quick", "--only", "eval", "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "eval.json").read_text())
+    assert payload["complete"] is False
+    res = payload["result"]
+    assert res["lm_eval"]["status"] == "measured", res["lm_eval"]
+    assert res["gsm8k"]["protocol"] == "lm-eval:gsm8k_cot+max_new_tokens=4"   # the quick budget, labelled
+    assert res["mmlu"]["protocol"] == "lm-eval:mmlu"
+    assert res["humaneval"]["protocol"].startswith("clsharelora:humaneval")
+    assert res["gsm8k"]["settings"].startswith("lm-eval:gsm8k_cot+max_new_tokens=4, ")
+    assert res["gsm8k"]["same_completions"] == res["gsm8k"]["n"]
+    assert "ours_seconds" in res["mmlu"] and "ours_seconds" not in res["humaneval"]
 
 
 def test_summarize_matches_numpy_quantiles():

@@ -381,3 +381,58 @@ def test_every_decode_step_gives_each_remaining_row_its_own_logits(tiny):
             for b, r in enumerate(alive):
                 want = model(torch.tensor([queries[r] + new[r][:k]])).logits[0, -1].float()
                 torch.testing.assert_close(logits[b], want, atol=1e-4, rtol=1e-4, msg=f"call {k}, row {r}")
+
+
+def test_prompts_longer_than_the_model_allows_are_cut_from_the_left_as_lm_eval_does(tiny):
+    """lm-eval's HFLM generate_until keeps the last max_length - max_gen_toks context tokens. A model with
+    48 positions and 8 new tokens: a 64-token prompt is generated from its last 40 tokens (with or without
+    a shared context); before, the whole prompt ran past the positions the model has."""
+    from clsharelora.evaluation.generation import cut_prompts, prompt_token_limit
+
+    model = load_model("tiny-llama", seed=1).eval()
+    model.config.max_position_embeddings = 48
+    _, tok = tiny
+    context = "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer: 4\n\n"
+    long = context + "Question: " + "how much is seven and eight and nine and ten " * 3 + "?\nAnswer:"
+    short = context + "Question: 3?\nAnswer:"
+    prompts = [long, short, short + " 3", "Hi"]
+    assert prompt_token_limit(model, 8) == 40
+    assert [len(tok(p)["input_ids"]) > 40 for p in prompts] == cut_prompts(model, tok, prompts, 8) \
+        == [True, False, False, False]
+    with torch.inference_mode():
+        want = [manual_greedy_ids(model, tok(p)["input_ids"][-40:], 8) for p in prompts]
+    want = [tok.decode(ids) for ids in want]
+    seen = []  # (position ids, real input ids) of every model call
+
+    def record(module, args, kwargs):
+        ids = kwargs["input_ids"]
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        pos = kwargs.get("position_ids")
+        top = ids.shape[1] - 1 if pos is None else int(pos.max())  # (a shared context's forward: 0..n-1)
+        seen.append((top, [row[m[-row.shape[0]:].bool()].tolist() for row, m in zip(ids, mask)]))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        for contexts in (None, [context, context, context, ""]):
+            seen.clear()
+            got = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, contexts=contexts)
+            assert got == want, contexts
+            assert max(p for p, _ in seen) < 48, contexts  # never a position the model does not have
+            assert any(tok(long)["input_ids"][-40:] in rows for _, rows in seen), contexts
+    finally:
+        hook.remove()
+    with pytest.raises(ConfigError, match="max_new_tokens=48 leaves no room for a prompt: the model has 48"):
+        generate(model, tok, prompts, max_new_tokens=48)
+
+
+def test_a_4096_position_model_keeps_2048_prompt_tokens_for_mmlu_pro_cot():
+    """Llama-2's 4,096 positions less MMLU-Pro CoT's 2,048 new tokens: lm-eval's 2,048-token context."""
+    from types import SimpleNamespace
+
+    from clsharelora.evaluation.generation import prompt_token_limit
+    from clsharelora.evaluation.multiple_choice import COT_MAX_NEW_TOKENS
+    from clsharelora.models.configs import architecture
+
+    assert prompt_token_limit(SimpleNamespace(config=architecture("llama2-7b")), COT_MAX_NEW_TOKENS) == 2048
+

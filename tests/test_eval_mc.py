@@ -140,6 +140,43 @@ def test_mmlu_pro_cot_mode_scores_generated_letters(tok, monkeypatch):
     assert score.extra["no_answer_rate"] == pytest.approx(1 / 4)
 
 
+def test_mmlu_pro_cot_counts_the_prompts_cut_to_fit_the_model(tok, monkeypatch):
+    """Prompts longer than the model's positions less max_new_tokens are cut from the left (lm-eval's rule,
+    in generation.generate); how many were cut is in the score (`prompts_cut`) and per item (`prompt_cut`)."""
+    items = [pro_item(i, "math", "A", 4 + 3 * (i % 2)) for i in range(4)]  # 4 or 7 options: two lengths
+    items[3] = pro_item(3, "math", "A", 10)
+    pool = [pro_item(50 + i, "math", "A", 4) for i in range(2)]
+    ev = MMLUProEvaluator(records=items, shot_pool=pool, shots=2, mode="cot", max_new_tokens=5)
+    lengths = [len(tok(p)["input_ids"]) for p in ev.prompts]
+    assert len(set(lengths)) >= 2
+    model = load_model("tiny-llama")
+    model.config.max_position_embeddings = min(lengths) + 5  # the shortest prompt fits exactly
+    monkeypatch.setattr(mc, "generate", lambda *a, **k: ["the answer is (A)"] * 4)
+    score = ev.evaluate(model, tok, progress=False)
+    cut = [n > min(lengths) for n in lengths]
+    assert score.extra["prompts_cut"] == sum(cut) >= 1
+    assert score.items["prompt_cut"].tolist() == [float(c) for c in cut]
+    assert score.as_dict()["prompts_cut"] == sum(cut)
+
+
+def test_a_run_whose_generation_budget_leaves_no_room_for_a_prompt_is_refused_before_loading(tmp_path, capsys):
+    """MMLU-Pro CoT's 2,048 new tokens on tiny-llama's 2,048 positions: one error line naming the experience,
+    exit 2, nothing written (before, it failed only when the untrained model was first scored)."""
+    from clsharelora.cli import main
+
+    stream = tmp_path / "s.yaml"
+    stream.write_text("name: s\nexperiences:\n  - name: pro\n"
+                      "    train: {benchmark: mmlu_pro, split: validation, n: 4, max_steps: 1}\n"
+                      "    eval: {task: mmlu_pro, n: 2, mode: cot}\n")
+    code = main(["run", "--stream", str(stream), "--model", "tiny-llama", "--strategy", "lora", "--no-progress",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == ("error: experience 'pro', eval task mmlu_pro: max_new_tokens=2048 leaves no room for a "
+                      "prompt: the model has 2048 positions (give max_new_tokens < 2048)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_shots_come_from_the_same_subject_and_never_the_item_itself():
     pool = [mmlu_item(i, "anatomy", "A") for i in range(3)] + [mmlu_item(10, "virology", "C")]
     ev = MMLUEvaluator(records=[pool[0]], shot_pool=pool, shots=2)
@@ -249,7 +286,11 @@ def test_protocol_labels_and_mmlu_pro_cot_generation_settings(tok, monkeypatch):
         "lm-eval:mmlu_pro+max_new_tokens=512"
     seen = {}
     monkeypatch.setattr(mc, "generate", lambda *a, **k: seen.update(k) or ["the answer is (A)"] * 2)
-    score = cot.evaluate(load_model("tiny-llama"), tok, progress=False)
+    model = load_model("tiny-llama")
+    with pytest.raises(ConfigError, match="max_new_tokens=2048 leaves no room for a prompt: the model has 2048"):
+        cot.evaluate(model, tok, progress=False)   # lm-eval asserts the same (max_length - max_gen_toks > 0)
+    model.config.max_position_embeddings = 4096    # Llama-2's: 2048 prompt tokens left
+    score = cot.evaluate(model, tok, progress=False)
     assert seen["stop"] == ("Question:",) and seen["max_new_tokens"] == 2048 and seen["skip_special_tokens"]
     assert score.as_dict()["protocol"] == "lm-eval:mmlu_pro" and math.isfinite(score.extra["nll_norm"])
 

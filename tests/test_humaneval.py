@@ -158,6 +158,16 @@ def test_options_are_validated(records):
         HumanEvalEvaluator(records=records, n=5, seed=3).records
 
 
+def test_the_protocol_label_names_every_setting_that_changes_the_numbers(records):
+    """Every score entry carries a protocol (docs/results-format.md); HumanEval's had none."""
+    few = records[:2]
+    assert HumanEvalEvaluator(records=few).label == "clsharelora:humaneval"
+    assert HumanEvalEvaluator(records=few, max_new_tokens=8).label == "clsharelora:humaneval+max_new_tokens=8"
+    if {"temperature", "seed"} <= set(inspect.signature(generation.generate).parameters):
+        assert HumanEvalEvaluator(records=few, samples=3, temperature=0.8).label == \
+            "clsharelora:humaneval+samples=3+temperature=0.8"
+
+
 def test_pass_at_k_over_samples(records, monkeypatch):
     """12 samples per problem, c of them canonical (the rest wrong): every pass@k equals the closed form."""
     monkeypatch.setattr(generation, "generate", sampling_generate)
@@ -198,6 +208,7 @@ def test_evaluator_end_to_end_on_tiny_llama(records):
     score = ev.evaluate(model, tok, progress=False)
     assert model.training  # the previous mode is restored
     assert score.task == "humaneval" and score.n == 3
+    assert score.as_dict()["protocol"] == "clsharelora:humaneval+max_new_tokens=8"
     assert 0.0 <= score.accuracy <= 1.0 and score.accuracy == score.extra["pass@1"]
     assert math.isfinite(score.nll) and score.nll > 0
     assert len(ev.last_outputs) == 3 and all(len(d["completions"]) == 1 for d in ev.last_outputs)

@@ -33,7 +33,8 @@ def test_the_wheel_installs_only_the_clsharelora_namespace(wheel):
     assert top == {"clsharelora"}, top
     for module in ("clsharelora/strategies/sharelora.py", "clsharelora/analysis/report.py",
                    "clsharelora/bench/run.py", "clsharelora/bench/lm_eval_tasks/mmlu_letters.yaml",
-                   "clsharelora/evaluation/sandbox/__init__.py"):
+                   "clsharelora/evaluation/sandbox/__init__.py", "clsharelora/streams/demo.yaml",
+                   "clsharelora/configs/llama2-7b.yaml", "clsharelora/configs/accelerate/2nodes.yaml"):
         assert module in names, module
     packaged = {str(Path(n).parent) for n in names if n.endswith("__init__.py")}
     for init in PROJECT_ROOT.joinpath("clsharelora").rglob("__init__.py"):  # no subpackage forgotten
@@ -64,6 +65,14 @@ def test_a_fresh_venv_runs_list_and_report_from_the_wheel(wheel, tmp_path):
     assert "warning" not in listed.stderr
     for name in ("lora", "sharelora", "vera", "naive", "replay", "ewc", "olora", "lwf", "joint"):
         assert name in listed.stdout, (name, listed.stdout)
+    assert "streams:    demo, paper" in listed.stdout, listed.stdout
+    # the default stream and a built-in config resolve from the installed package, not the repository
+    found = subprocess.run([str(python), "-c", "from clsharelora.benchmarks.stream import load_stream; "
+                            "from clsharelora.paths import resolve_builtin; print(load_stream('streams/demo.yaml').path); "
+                            "print(resolve_builtin('configs/demo.yaml', 'configs'))"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert found.returncode == 0, found.stderr
+    assert all(line.startswith(site) for line in found.stdout.split()), found.stdout
     write_run(tmp_path / "runs", "r", [[0.1, 0.1], [0.5, 0.1], [0.4, 0.6]], tasks=("gsm8k", "mmlu"),
               experiences=("gsm8k", "mmlu"))
     report = subprocess.run([str(cli), "report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")],

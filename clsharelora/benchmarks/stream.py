@@ -132,13 +132,12 @@ def parse_stream(data: dict[str, Any], source: str = "<stream>") -> Stream:
 
 
 def load_stream(path: str | Path) -> Stream:
-    """Load and validate a stream file; a bare name resolves to streams/<name>.yaml of the project."""
-    from ..paths import PROJECT_ROOT
+    """Load and validate a stream file; a name (`demo`, `streams/demo.yaml`) that is not a file here resolves
+    to the built-in stream shipped with the package (`paths.resolve_builtin`)."""
+    from ..paths import builtin_names, resolve_builtin
 
-    candidate = Path(path)
-    if not candidate.exists() and not candidate.suffix:
-        candidate = PROJECT_ROOT / "streams" / f"{path}.yaml"
+    candidate = resolve_builtin(path, "streams")
     if not candidate.exists():
-        known = sorted(p.stem for p in (PROJECT_ROOT / "streams").glob("*.yaml"))
+        known = builtin_names("streams")
         raise ConfigError(f"stream {path!r} not found; give a YAML path or one of: {', '.join(known)}")
     return parse_stream(load_yaml(candidate), str(candidate))

@@ -52,6 +52,22 @@ class Evaluator(ABC):
     def summarize(self, items: Items) -> TaskScore:
         """The TaskScore of all items' results (in item order)."""
 
+    @classmethod
+    def new_tokens(cls, options: dict[str, Any]) -> int | None:
+        """Tokens generated per item under `options` (a stream's eval block; the constructor's defaults
+        for what it leaves out), or None when scoring generates nothing: for checks before any weights load
+        (a prompt must fit beside them, `generation.prompt_token_limit`)."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        if "max_new_tokens" not in params:
+            return None
+        settings = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+        settings.update(options)
+        if settings.get("generate") is False:
+            return None
+        return settings["max_new_tokens"]
+
     def item_costs(self) -> list[float]:
         """Relative cost of scoring each item (for splitting items over ranks): its prompt length."""
         return [float(len(p)) for p in getattr(self, "prompts", None) or [r.question for r in self.records]]

@@ -167,6 +167,54 @@ def group_by_context(
     return encoded, groups
 
 
+def prompt_token_limit(model, max_new_tokens: int) -> int | None:
+    """How many prompt tokens fit when `max_new_tokens` must follow them: the model's position count
+    (`max_position_embeddings`, or `n_positions` / `n_ctx`; a composite config's `text_config` first, as
+    lm-eval's `resolve_max_length`) minus `max_new_tokens`, lm-eval HFLM `generate_until`'s max_ctx_len. None
+    when the config names no limit. A ConfigError when nothing of a prompt would fit."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    positions = next((getattr(config, a) for a in ("n_positions", "max_position_embeddings", "n_ctx")
+                      if isinstance(getattr(config, a, None), int)), None)
+    if positions is None:
+        return None
+    if max_new_tokens >= positions:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt: the model has "
+                          f"{positions} positions (give max_new_tokens < {positions})")
+    return positions - max_new_tokens
+
+
+def cut_left(encoded: list[list[int]], groups: list[ContextGroup], limit: int | None) -> list[ContextGroup]:
+    """Keep the last `limit` tokens of every longer prompt (lm-eval's left truncation: the end of the prompt,
+    the question being asked, survives; the first exemplars go). A cut prompt no longer starts with its
+    group's cached context, so it moves to the uncached group. `encoded` is changed in place."""
+    if limit is None or all(len(ids) <= limit for ids in encoded):
+        return groups
+    moved, out = [], []
+    for group in groups:
+        long = {i for i in group.indices if len(encoded[i]) > limit}
+        for i in long:
+            encoded[i] = encoded[i][-limit:]
+        keep = [i for i in group.indices if i not in long]
+        if not group.prefix:
+            moved += group.indices
+        else:
+            moved += sorted(long)
+            if keep:
+                out.append(ContextGroup(group.prefix, keep))
+    if moved:
+        out.append(ContextGroup([], sorted(moved)))
+    return out
+
+
+def cut_prompts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[bool]:
+    """Which of `prompts` `generate` cuts from the left (longer than `prompt_token_limit`)."""
+    limit = prompt_token_limit(model, max_new_tokens)
+    if limit is None or not prompts:
+        return [False] * len(prompts)
+    return [len(ids) > limit for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+
+
 @torch.inference_mode()
 def context_cache(model, prefix: list[int]):
     """The KV cache of one forward over `prefix` (batch 1), or None for an empty prefix."""
@@ -309,6 +357,8 @@ def generate(
     `temperature` > 0 samples from the plain softmax at that temperature (no top-k/top-p) instead, from a
     generator seeded by `seed` per batch, the global RNG untouched (same prompts + batch_size + seed -> same
     samples). `skip_special_tokens` decodes the completion without special tokens, as lm-eval's HF backend does.
+    A prompt longer than the model's positions leave room for (`prompt_token_limit`) is cut from the left to
+    that many tokens, as lm-eval does; callers that report it count the cut prompts with the same limit.
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -318,6 +368,7 @@ def generate(
         return []
     device = model_device(model)
     encoded, groups = group_by_context(tokenizer, prompts, contexts)
+    groups = cut_left(encoded, groups, prompt_token_limit(model, max_new_tokens))
     pad = pad_id(tokenizer)
     eos = eos_ids(model, tokenizer)
     last_only = _keeps_last_logits_only(model)

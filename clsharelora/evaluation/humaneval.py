@@ -27,6 +27,20 @@ from .sandbox import run_many
 
 STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 KS = (1, 10, 100)
+MAX_NEW_TOKENS = 384
+PROTOCOL = "clsharelora:humaneval"
+
+
+def protocol_label(max_new_tokens: int, samples: int, temperature: float) -> str:
+    """`TaskScore.protocol`: the project's own protocol (lm-eval's `humaneval` has the same prompts, stop
+    strings and programs but 1024 new tokens and special tokens skipped when decoding), with every setting
+    that changes the numbers away from its default appended."""
+    label = PROTOCOL
+    if max_new_tokens != MAX_NEW_TOKENS:
+        label += f"+max_new_tokens={max_new_tokens}"
+    if samples > 1:
+        label += f"+samples={samples}+temperature={temperature:g}"
+    return label
 
 
 def check_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
@@ -59,7 +73,7 @@ class HumanEvalEvaluator(Evaluator):
 
     def __init__(
         self, *, data_root=None, n: int | None = None, seed: int = 0, batch_size: int = 8,
-        max_new_tokens: int = 384, samples: int = 1, temperature: float = 0.0, timeout: float = 10.0,
+        max_new_tokens: int = MAX_NEW_TOKENS, samples: int = 1, temperature: float = 0.0, timeout: float = 10.0,
         workers: int | None = None, autocast: bool = generation.AUTOCAST_DEFAULT,
         records: Sequence[Record] | None = None, generate: bool = True,
     ):
@@ -82,6 +96,7 @@ class HumanEvalEvaluator(Evaluator):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"humaneval: seed must be an integer, got {seed!r}")
         self.temperature, self.timeout, self.workers, self.seed = float(temperature), float(timeout), workers, seed
+        self.label = protocol_label(self.max_new_tokens, self.samples, self.temperature)
         self.autocast = autocast
         if self.temperature > 0:
             params = inspect.signature(generation.generate).parameters

@@ -30,7 +30,7 @@ from ..data.records import Record
 from ..errors import ConfigError
 from ..prompts import LETTERS, context_for, first_shots, prompt_for, target_for
 from .base import Evaluator, TaskScore
-from .generation import AUTOCAST_DEFAULT, eval_context, generate
+from .generation import AUTOCAST_DEFAULT, cut_prompts, eval_context, generate
 from .items import Items
 from .nll import encode_pair, letter_logprobs, letter_token_ids, nll_items
 
@@ -123,6 +123,11 @@ class MultipleChoiceEvaluator(Evaluator):
             self.label += f"+max_new_tokens={max_new_tokens}"
         self.last_outputs: list[dict] = []
 
+    @classmethod
+    def new_tokens(cls, options) -> int | None:
+        """Only CoT mode generates; letter scoring is one forward per item."""
+        return super().new_tokens(options) if options.get("mode", "letter") == "cot" else None
+
     def _shots_for(self, record: Record, pool: list[Record], k: int) -> tuple[Record, ...]:
         if not k:
             return ()
@@ -141,6 +146,7 @@ class MultipleChoiceEvaluator(Evaluator):
         return True
 
     def _cot_predictions(self, model, tokenizer, label, indices: list[int]) -> list[str | None]:
+        self.last_cut = cut_prompts(model, tokenizer, [self.prompts[i] for i in indices], self.max_new_tokens)
         completions = generate(model, tokenizer, [self.prompts[i] for i in indices], max_new_tokens=self.max_new_tokens,
                                stop=self.stop, batch_size=self.batch_size, progress=label("generate"),
                                contexts=[self.contexts[i] for i in indices], skip_special_tokens=True)
@@ -185,6 +191,7 @@ class MultipleChoiceEvaluator(Evaluator):
         items["nll_norm"] = np.array(option_normalised_nll(zero_shot, n_options, [r.answer for r in records]))
         if self.mode == "cot":
             items["no_answer"] = np.array([p is None for p in preds], dtype=float)
+            items["prompt_cut"] = np.array(self.last_cut, dtype=float)
         return items
 
     def summarize(self, items: Items) -> TaskScore:
@@ -192,6 +199,8 @@ class MultipleChoiceEvaluator(Evaluator):
         extra = {"macro_accuracy": macro, "nll_norm": float(np.mean(items["nll_norm"]))}
         if self.mode == "cot":
             extra["no_answer_rate"] = float(np.mean(items["no_answer"]))
+            if "prompt_cut" in items:  # (items saved before prompts were cut have no such field)
+                extra["prompts_cut"] = int(np.sum(items["prompt_cut"]))
         return self._score(items, micro, extra)
 
 

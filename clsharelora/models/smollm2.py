@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .. import atomic
 from ..errors import ConfigError
 from ..paths import cache_dir
 
@@ -73,6 +74,7 @@ def _convert(gguf: Path, target: Path) -> None:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        atomic.follow_umask(tmp)  # a shared cache: readable by whoever may read a file written here
         os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

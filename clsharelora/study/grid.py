@@ -162,8 +162,9 @@ def _orders(spec: Any, names: list[str], where: str) -> tuple[tuple[str, ...], .
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file; every cell's config is validated here, before anything runs."""
     from ..benchmarks.stream import load_stream, parse_stream
+    from ..paths import resolve_builtin
 
-    path = Path(path)
+    path = resolve_builtin(path, "configs")
     data = load_yaml(path)
     for key in data:
         if key not in STUDY_KEYS:

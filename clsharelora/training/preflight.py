@@ -125,3 +125,21 @@ def check_expected_params(adapter, model) -> None:
         raise ConfigError(f"adapter {adapter.name!r}: apply() makes {trainable:,} parameters trainable but "
                           f"expected_params ({source_line(type(adapter).expected_params)}) gives {expected:,} "
                           f"({trainable - expected:+,}); the closed form and apply() must agree")
+
+
+def check_generation_fits(stream, model) -> None:
+    """Every generating task leaves room for a prompt in the model's positions (max_new_tokens < positions;
+    longer prompts are then cut from the left, docs/evaluation.md): checked on the meta-device model before
+    any weights load, not when the untrained model is first scored."""
+    from ..evaluation.generation import prompt_token_limit
+    from ..evaluation.tasks import evaluator_class
+
+    for exp in stream.experiences:
+        budget = evaluator_class(exp.task).new_tokens(exp.eval_options)
+        if budget is None:
+            continue
+        try:
+            prompt_token_limit(model, budget)
+        except ConfigError as exc:
+            raise ConfigError(f"experience {exp.name!r}, eval task {exp.task}: {exc}") from None
+

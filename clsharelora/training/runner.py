@@ -100,6 +100,7 @@ def _prepare(config: RunConfig, *, resume: bool) -> Prepared:
     if base is not None:
         meta = preflight.apply_on_meta(adapter, base)
         preflight.check_expected_params(adapter, meta)
+        preflight.check_generation_fits(stream, base)
         cl.check_model(meta)
     resolved = dataclasses.replace(config, name=name, out=str(run_dir))
     ident = rundir.identity(resolved, stream, root)
@@ -155,6 +156,7 @@ def _load_model(prep: Prepared, device: torch.device):
     model = prep.adapter.apply(model)
     preflight.check_adapter_fits(prep.adapter, model)  # hub models, whose architecture prepare could not see
     preflight.check_expected_params(prep.adapter, model)   # the count on the real weights, as on the meta device
+    preflight.check_generation_fits(prep.stream, model)
     prep.cl.check_model(model)
     return model if cfg.load_in_4bit else model.to(device)
 
