@@ -719,3 +719,77 @@ def test_cgroup_v2_only_where_memory_and_pids_are_delegated(tmp_path, monkeypatc
     assert d.parent == own and cg.procs == (str(d / "cgroup.procs"),)
     assert (d / "memory.max").read_text() == str(256 * 2**20) and (d / "pids.max").read_text() == "16"
     assert (d / "memory.swap.max").read_text() == "0"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 26: nothing a model writes stops a run; own keyring; nothing outlives a killed harness
+# ---------------------------------------------------------------------------------------------------------
+
+# the set-up's verdict descriptor is inherited by the program (it runs in the process that must write the
+# token): floods of it, and of every other descriptor, are the program's failure, never a harness error
+FLOOD = "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'S' * 8192)\n    except OSError:\n        pass\n"
+PROGRAM_BEHAVIOURS = {
+    "flood_inherited_fds": (problem(FLOOD), "failed", "verdict descriptor"),
+    "flood_inherited_fds_unguarded": (problem(FLOOD.replace("try:", "if 1:").replace("except OSError:\n        pass\n", "")),
+                                      "failed", "Bad file descriptor"),
+    "undecodable_output_passes": (problem("import sys\nsys.stdout.buffer.write(b'\\xff\\xed\\xa0\\x80' * 999)\n"
+                                          "sys.stderr.buffer.write(b'\\x80')"), "passed", "passed"),
+    "lone_surrogate": (problem("x = '\ud800'"), "failed", "not valid Unicode"),
+    "surrogate_escape": (problem("x = '\udcff'"), "failed", "not valid Unicode"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAM_BEHAVIOURS))
+def test_every_program_behaviour_ends_as_its_own_verdict(name):
+    """Before: the flood gave status `error` ("sandbox set-up failed", the evaluator then raised) and a lone
+    surrogate raised UnicodeEncodeError out of run_program."""
+    src, status, reason = PROGRAM_BEHAVIOURS[name]
+    res = run_program(src, guard=False, timeout=10)
+    assert res.status == status and reason in res.reason, res
+    assert run_program(problem("")).passed  # and the harness keeps going
+
+
+def test_death_by_a_real_time_signal_is_a_failure(monkeypatch):
+    """Without a PID namespace the program's own fatal signal reaches the harness as its exit status; a
+    real-time one (no signal.Signals member) crashed the verdict with ValueError."""
+    ways = _fallbacks(lambda iso: not iso.pivot)
+    monkeypatch.setattr(layers_mod, "candidates", lambda: ways)
+    try:
+        sandbox.isolation(refresh=True)
+        res = run_program(problem("import signal\nsignal.raise_signal(40)"), guard=False)
+        assert res.status == "failed" and res.reason == "killed by signal 40", res
+    finally:
+        monkeypatch.undo()
+        sandbox.isolation(refresh=True)
+
+
+HUMANEVAL_STREAM = """\
+name: tiny-code
+experiences:
+  - name: gsm8k
+    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 1, max_length: 128}
+    eval: {task: humaneval, n: 2, max_new_tokens: 4}
+"""
+
+
+def test_a_flooding_completion_cannot_stop_a_training_run(tmp_path, monkeypatch):
+    """A whole `run` (tiny-llama) whose HumanEval scoring gets the flood as every completion (through the
+    project's own generation seam) completes, each flood scored as failed with its reason. Before: the
+    evaluator raised RuntimeError ("sandbox could not run"), the run exited 1 with a traceback."""
+    from clsharelora.cli import main
+    from clsharelora.evaluation import generation, humaneval
+
+    flood = "    return None\n" + FLOOD  # the flood at top level: it runs before the tests, which then fail
+    monkeypatch.setattr(generation, "generate", lambda model, tok, prompts, **kw: [flood] * len(prompts))
+    seen = []
+
+    def run_many_seen(programs, **kw):
+        seen.extend(results := run_many(programs, **kw))
+        return results
+
+    monkeypatch.setattr(humaneval, "run_many", run_many_seen)
+    stream = tmp_path / "code.yaml"
+    stream.write_text(HUMANEVAL_STREAM)
+    assert main(["run", "--stream", str(stream), "--model", "tiny-llama", "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    assert seen and all(r.status == "failed" and r.reason == "AssertionError" for r in seen), seen
