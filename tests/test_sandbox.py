@@ -793,3 +793,46 @@ def test_a_flooding_completion_cannot_stop_a_training_run(tmp_path, monkeypatch)
     assert main(["run", "--stream", str(stream), "--model", "tiny-llama", "--out", str(tmp_path / "run"),
                  "--no-progress"]) == 0
     assert seen and all(r.status == "failed" and r.reason == "AssertionError" for r in seen), seen
+
+
+KEYCTL, ADD_KEY = 250, 248
+KEYCTL_SEARCH, KEYCTL_READ, KEYCTL_JOIN = 10, 11, 1
+
+
+def keyring_program(secret_id: int, secret_desc: str, plant: str, look_for: str) -> str:
+    """Prints what it finds of the harness' secret and of a key another program planted, then plants one."""
+    return f"""import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(64)
+found = []
+if libc.syscall({KEYCTL}, {KEYCTL_READ}, {secret_id}, buf, 64) >= 0:
+    found.append('read:' + buf.value.decode())
+for ring in (-3, -4, -5):  # session, user, user-session
+    for desc in ({secret_desc!r}, {look_for!r}):
+        if libc.syscall({KEYCTL}, {KEYCTL_SEARCH}, ring, b'user', desc.encode(), 0) >= 0:
+            found.append(f'search:{{ring}}:{{desc}}')
+print('found', found)
+for ring in (-3, -4, -5):
+    libc.syscall({ADD_KEY}, b'user', {plant!r}.encode(), b'planted', 7, ring)
+"""
+
+
+def test_every_program_gets_its_own_empty_session_keyring():
+    """The kernel keyring is not namespaced: before, a program read the harness' key (it possessed the
+    harness' session keyring) and planted one that the next program and the harness found."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(KEYCTL, KEYCTL_JOIN, None) < 0:  # this test's own keyring, not the machine's
+        pytest.skip(f"keyctl is not available here (errno {ctypes.get_errno()})")
+    secret = f"clsl-secret-{secrets.token_hex(4)}"
+    secret_id = libc.syscall(ADD_KEY, b"user", secret.encode(), b"hunter2", 7, -3)
+    assert secret_id > 0
+    first, second = f"clsl-plant-{secrets.token_hex(4)}", f"clsl-plant-{secrets.token_hex(4)}"
+    a = run_program(keyring_program(secret_id, secret, first, second), guard=False)
+    b = run_program(keyring_program(secret_id, secret, second, first), guard=False)
+    assert a.passed and b.passed, (a, b)
+    assert a.stdout.strip() == "found []" and b.stdout.strip() == "found []", (a.stdout, b.stdout)
+    for planted in (first, second):
+        assert libc.syscall(KEYCTL, KEYCTL_SEARCH, -3, b"user", planted.encode(), 0) < 0
+    assert planted not in Path("/proc/keys").read_text()

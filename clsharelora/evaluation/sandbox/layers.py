@@ -73,7 +73,7 @@ def pythons() -> list[str]:
     return found
 
 
-ALWAYS = ("no-new-privs", "rlimits", "timeout", "clean-env")
+ALWAYS = ("no-new-privs", "rlimits", "timeout", "clean-env", "own-keyring")
 
 
 def candidates() -> list[Isolation]:
