@@ -271,11 +271,11 @@ def test_stdlib_that_solutions_use_still_works_under_the_guard():
 def test_fallback_without_os_isolation_still_guards(monkeypatch, canary, listener):
     """Where no namespace/uid layer is available, the probe falls back to a plain process, says so, and
     the reliability guard alone still fails the hostile programs."""
-    plain = [iso for iso in layers_mod.candidates() if not iso.prefix and not iso.own_uid]
+    plain = [iso for iso in layers_mod.candidates() if not iso.pivot and not iso.own_uid]
     monkeypatch.setattr(layers_mod, "candidates", lambda: plain)
     try:
         iso = sandbox.isolation(refresh=True)
-        assert iso.prefix == () and not iso.own_uid and "netns" not in iso.description
+        assert not iso.pivot and not iso.own_uid and "netns" not in iso.description
         assert run_program(problem("pass")).status == "passed"
         privs = run_program(problem(HOSTILE_AMONG_OTHERS["no_new_privs_and_no_capabilities"][0]
                                     .replace("assert int(status['Uid'].split()[0]) != 0", "")), guard=False)
@@ -836,3 +836,56 @@ def test_every_program_gets_its_own_empty_session_keyring():
     for planted in (first, second):
         assert libc.syscall(KEYCTL, KEYCTL_SEARCH, -3, b"user", planted.encode(), 0) < 0
     assert planted not in Path("/proc/keys").read_text()
+
+
+HARNESS = """import sys
+from clsharelora.evaluation.sandbox import run_many
+run_many([sys.argv[1]] * 2, workers=2, timeout=60, guard=False)
+"""
+
+
+def test_nothing_outlives_a_harness_killed_mid_batch():
+    """SIGKILL the harness while two programs sleep: the programs die with it (parent-death signal on
+    `unshare`, passed on by --kill-child and re-armed after the uid change), and its cgroups and root mount
+    folder are reclaimed when the next harness probes its isolation."""
+    import sys
+
+    if "pidns" not in layers():
+        pytest.skip(f"no PID namespace here ({sandbox.isolation().description})")
+    from clsharelora.evaluation.sandbox import cgroups
+
+    own = cgroups._own_paths()
+    bases = [d for d in [cgroups.ROOT + own.get("", "/"), *(f"{cgroups.ROOT}/{c}{own[c]}" for c in own if c)]
+             if os.path.isdir(d)] + [tempfile.gettempdir()]
+
+    marker = f"sbxorphan{os.getpid() % 10000}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, set_comm(marker) + "import time\ntime.sleep(60)\n"],
+                               env=env)
+    try:
+        for _ in range(300):
+            if len(leftover_now(marker)) == 2:
+                break
+            time.sleep(0.1)
+        assert len(leftover_now(marker)) == 2
+    finally:
+        harness.kill()
+        harness.wait()
+    assert leftover(marker) == []
+    mine = lambda: [e.path for base in bases for e in os.scandir(base) if e.is_dir(follow_symlinks=False)
+                    and e.name.startswith((f"clsl-sbx-{harness.pid}-", f"clsl-sbx-root-{harness.pid}-"))]
+    assert len(mine()) >= 2, mine()  # two programs' cgroups (and the root mount folder): left by the kill
+    sandbox.isolation(refresh=True)
+    assert mine() == []
+
+
+def leftover_now(marker: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == marker:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids

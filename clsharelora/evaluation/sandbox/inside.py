@@ -155,6 +155,16 @@ def _own_session_keyring():
         raise OSError(err, f"keyctl(KEYCTL_JOIN_SESSION_KEYRING): {os.strerror(err)}")
 
 
+def _die_with_parent(parent):
+    """SIGKILL when the process that started this one dies (the harness, or `unshare` whose own parent-death
+    signal is the harness'): set again here because a change of uid clears it (prctl(2)); if the parent
+    died before that, exit now."""
+    ctypes, libc = _libc()
+    _check(libc.prctl(1, 9, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os._exit(137)
+
+
 def _limits(cfg):
     import resource
     def limit(what, value):
@@ -216,7 +226,7 @@ def _bootstrap():
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    fd, uid, gid = cfg["result_fd"], cfg["uid"], cfg["gid"]
+    fd, uid, gid, parent = cfg["result_fd"], cfg["uid"], cfg["gid"], os.getppid()
     _join_cgroups(cfg["cgroup_procs"])
     if cfg["mountpoint"]:
         _minimal_root(cfg, uid, gid)
@@ -224,6 +234,7 @@ def _bootstrap():
         _drop_privileges(uid, gid)
     else:
         _drop_capabilities()
+    _die_with_parent(parent)
     _own_session_keyring()
     _no_new_privs()
     _limits(cfg)

@@ -24,6 +24,7 @@ from typing import Iterable
 
 from ...errors import ConfigError
 from . import layers as _layers
+from . import stale
 from .capture import HeadTail
 from .cgroups import ProgramCgroup
 from .remove import remove_tree
@@ -205,7 +206,7 @@ def _run(iso: _layers.Isolation, source: str, *, timeout: float, memory_mb: int,
         if iso.pivot:
             cwd, home = "/", "/sandbox"
         else:
-            workdir = tempfile.mkdtemp(prefix="clsl-sbx-")
+            workdir = tempfile.mkdtemp(prefix=f"{stale.WORKDIR_PREFIX}{os.getpid()}-")
             if uid is not None:
                 os.chown(workdir, uid, uid)
             cwd = home = workdir
