@@ -839,7 +839,10 @@ def test_every_program_gets_its_own_empty_session_keyring():
 
 
 HARNESS = """import sys
-from clsharelora.evaluation.sandbox import run_many
+from clsharelora.evaluation.sandbox import layers, run_many
+if sys.argv[2] == "own-uid-only":
+    ways = [iso for iso in layers.candidates() if not iso.pivot and iso.own_uid and iso.cgroup is None]
+    layers.candidates = lambda: ways
 run_many([sys.argv[1]] * 2, workers=2, timeout=60, guard=False)
 """
 
@@ -860,8 +863,8 @@ def test_nothing_outlives_a_harness_killed_mid_batch():
 
     marker = f"sbxorphan{os.getpid() % 10000}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    harness = subprocess.Popen([sys.executable, "-c", HARNESS, set_comm(marker) + "import time\ntime.sleep(60)\n"],
-                               env=env)
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, set_comm(marker) + "import time\ntime.sleep(60)\n",
+                                "strongest"], env=env)
     try:
         for _ in range(300):
             if len(leftover_now(marker)) == 2:
@@ -889,3 +892,35 @@ def leftover_now(marker: str) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def test_a_daemon_does_not_outlive_a_killed_harness_without_namespaces_or_cgroups():
+    """The own-uid fallback (no PID namespace, no cgroup): SIGKILL the harness while its program's daemon
+    sleeps. The program dies with the harness (parent-death signal); the daemon lived on for good before;
+    now the next harness kills what the dead harness' program uid still runs when it reclaims its
+    working directory."""
+    import signal
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("own uids need root")
+    marker = f"sbxdaemon{os.getpid() % 10000}"
+    program = set_comm(marker) + ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+                                  "    os._exit(0)\ntime.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, program, "own-uid-only"], env=env)
+    try:
+        for _ in range(300):
+            if len(leftover_now(marker)) == 4:  # two programs, each with its daemon
+                break
+            time.sleep(0.1)
+        assert len(leftover_now(marker)) == 4
+        harness.kill()
+        harness.wait()
+        sandbox.isolation(refresh=True)
+        assert leftover(marker) == []
+    finally:
+        harness.kill()
+        harness.wait()
+        for pid in leftover_now(marker):  # only if the test failed: what it started itself
+            os.kill(pid, signal.SIGKILL)

@@ -33,6 +33,7 @@ STATUSES = ("passed", "failed", "timeout", "error")
 _INSIDE = (Path(__file__).with_name("inside.py")).read_text(encoding="utf-8")
 _NOFILE = 256
 _RESULT_CAP = 4096
+UID_BASE = 2**30  # programs' own uids are UID_BASE .. 2*UID_BASE-1: no account has one
 _GRACE_S = 1.0  # after the program ended (or was killed): how long stray holders of its pipes are waited for
 
 
@@ -70,7 +71,7 @@ def _fresh_uid() -> int:
     """A uid no account has: the program's processes and files are its alone (RLIMIT_NPROC counts per uid,
     so without cgroups it caps this program's processes and nobody else's)."""
     while True:
-        uid = 2**30 + secrets.randbelow(2**30)
+        uid = UID_BASE + secrets.randbelow(2**30)
         try:
             pwd.getpwuid(uid)
         except KeyError:

@@ -51,4 +51,19 @@ def reclaim() -> None:
             except OSError:
                 pass
         else:
+            _kill_owner(entry.path)
             remove_tree(entry.path)
+
+
+def _kill_owner(path: str) -> None:
+    """A working directory (fallback without a private root) belongs to its program's own uid where it has
+    one: kill what that uid still runs, e.g. a daemon that outlived a killed harness without a PID namespace
+    or cgroup to collect it."""
+    from .run import UID_BASE, _kill_uid
+
+    try:
+        uid = os.stat(path, follow_symlinks=False).st_uid
+    except OSError:
+        return
+    if uid >= UID_BASE:
+        _kill_uid(uid)
