@@ -271,11 +271,11 @@ def test_stdlib_that_solutions_use_still_works_under_the_guard():
 def test_fallback_without_os_isolation_still_guards(monkeypatch, canary, listener):
     """Where no namespace/uid layer is available, the probe falls back to a plain process, says so, and
     the reliability guard alone still fails the hostile programs."""
-    plain = [iso for iso in layers_mod.candidates() if not iso.prefix and not iso.own_uid]
+    plain = [iso for iso in layers_mod.candidates() if not iso.pivot and not iso.own_uid]
     monkeypatch.setattr(layers_mod, "candidates", lambda: plain)
     try:
         iso = sandbox.isolation(refresh=True)
-        assert iso.prefix == () and not iso.own_uid and "netns" not in iso.description
+        assert not iso.pivot and not iso.own_uid and "netns" not in iso.description
         assert run_program(problem("pass")).status == "passed"
         privs = run_program(problem(HOSTILE_AMONG_OTHERS["no_new_privs_and_no_capabilities"][0]
                                     .replace("assert int(status['Uid'].split()[0]) != 0", "")), guard=False)
@@ -719,3 +719,210 @@ def test_cgroup_v2_only_where_memory_and_pids_are_delegated(tmp_path, monkeypatc
     assert d.parent == own and cg.procs == (str(d / "cgroup.procs"),)
     assert (d / "memory.max").read_text() == str(256 * 2**20) and (d / "pids.max").read_text() == "16"
     assert (d / "memory.swap.max").read_text() == "0"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 26: nothing a model writes stops a run; own keyring; nothing outlives a killed harness
+# ---------------------------------------------------------------------------------------------------------
+
+# the set-up's verdict descriptor is inherited by the program (it runs in the process that must write the
+# token): floods of it, and of every other descriptor, are the program's failure, never a harness error
+FLOOD = ("import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'S' * 8192)\n"
+         "    except OSError:\n        pass\n")
+PROGRAM_BEHAVIOURS = {
+    "flood_inherited_fds": (problem(FLOOD), "failed", "verdict descriptor"),
+    "flood_inherited_fds_unguarded": (  # the issue's own program: stops at the first closed descriptor
+        problem(FLOOD.replace("try:", "if 1:").replace("except OSError:\n        pass\n", "")),
+        "failed", "Bad file descriptor"),
+    "undecodable_output_passes": (problem("import sys\nsys.stdout.buffer.write(b'\\xff\\xed\\xa0\\x80' * 999)\n"
+                                          "sys.stderr.buffer.write(b'\\x80')"), "passed", "passed"),
+    "lone_surrogate": (problem("x = '\ud800'"), "failed", "not valid Unicode"),
+    "surrogate_escape": (problem("x = '\udcff'"), "failed", "not valid Unicode"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAM_BEHAVIOURS))
+def test_every_program_behaviour_ends_as_its_own_verdict(name):
+    """Before: the flood gave status `error` ("sandbox set-up failed", the evaluator then raised) and a lone
+    surrogate raised UnicodeEncodeError out of run_program."""
+    src, status, reason = PROGRAM_BEHAVIOURS[name]
+    res = run_program(src, guard=False, timeout=10)
+    assert res.status == status and reason in res.reason, res
+    assert run_program(problem("")).passed  # and the harness keeps going
+
+
+def test_death_by_a_real_time_signal_is_a_failure(monkeypatch):
+    """Without a PID namespace the program's own fatal signal reaches the harness as its exit status; a
+    real-time one (no signal.Signals member) crashed the verdict with ValueError."""
+    ways = _fallbacks(lambda iso: not iso.pivot)
+    monkeypatch.setattr(layers_mod, "candidates", lambda: ways)
+    try:
+        sandbox.isolation(refresh=True)
+        res = run_program(problem("import signal\nsignal.raise_signal(40)"), guard=False)
+        assert res.status == "failed" and res.reason == "killed by signal 40", res
+    finally:
+        monkeypatch.undo()
+        sandbox.isolation(refresh=True)
+
+
+HUMANEVAL_STREAM = """\
+name: tiny-code
+experiences:
+  - name: gsm8k
+    train: {benchmark: gsm8k, split: train, n: 4, max_steps: 1, max_length: 128}
+    eval: {task: humaneval, n: 2, max_new_tokens: 4}
+"""
+
+
+def test_a_flooding_completion_cannot_stop_a_training_run(tmp_path, monkeypatch):
+    """A whole `run` (tiny-llama) whose HumanEval scoring gets the flood as every completion (through the
+    project's own generation seam) completes, each flood scored as failed with its reason. Before: the
+    evaluator raised RuntimeError ("sandbox could not run"), the run exited 1 with a traceback."""
+    from clsharelora.cli import main
+    from clsharelora.evaluation import generation, humaneval
+
+    flood = "    return None\n" + FLOOD  # the flood at top level: it runs before the tests, which then fail
+    monkeypatch.setattr(generation, "generate", lambda model, tok, prompts, **kw: [flood] * len(prompts))
+    seen = []
+
+    def run_many_seen(programs, **kw):
+        seen.extend(results := run_many(programs, **kw))
+        return results
+
+    monkeypatch.setattr(humaneval, "run_many", run_many_seen)
+    stream = tmp_path / "code.yaml"
+    stream.write_text(HUMANEVAL_STREAM)
+    assert main(["run", "--stream", str(stream), "--model", "tiny-llama", "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    assert seen and all(r.status == "failed" and r.reason == "AssertionError" for r in seen), seen
+
+
+KEYCTL, ADD_KEY = 250, 248
+KEYCTL_SEARCH, KEYCTL_READ, KEYCTL_JOIN = 10, 11, 1
+
+
+def keyring_program(secret_id: int, secret_desc: str, plant: str, look_for: str) -> str:
+    """Prints what it finds of the harness' secret and of a key another program planted, then plants one."""
+    return f"""import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(64)
+found = []
+if libc.syscall({KEYCTL}, {KEYCTL_READ}, {secret_id}, buf, 64) >= 0:
+    found.append('read:' + buf.value.decode())
+for ring in (-3, -4, -5):  # session, user, user-session
+    for desc in ({secret_desc!r}, {look_for!r}):
+        if libc.syscall({KEYCTL}, {KEYCTL_SEARCH}, ring, b'user', desc.encode(), 0) >= 0:
+            found.append(f'search:{{ring}}:{{desc}}')
+print('found', found)
+for ring in (-3, -4, -5):
+    libc.syscall({ADD_KEY}, b'user', {plant!r}.encode(), b'planted', 7, ring)
+"""
+
+
+def test_every_program_gets_its_own_empty_session_keyring():
+    """The kernel keyring is not namespaced: before, a program read the harness' key (it possessed the
+    harness' session keyring) and planted one that the next program and the harness found."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(KEYCTL, KEYCTL_JOIN, None) < 0:  # this test's own keyring, not the machine's
+        pytest.skip(f"keyctl is not available here (errno {ctypes.get_errno()})")
+    secret = f"clsl-secret-{secrets.token_hex(4)}"
+    secret_id = libc.syscall(ADD_KEY, b"user", secret.encode(), b"hunter2", 7, -3)
+    assert secret_id > 0
+    first, second = f"clsl-plant-{secrets.token_hex(4)}", f"clsl-plant-{secrets.token_hex(4)}"
+    a = run_program(keyring_program(secret_id, secret, first, second), guard=False)
+    b = run_program(keyring_program(secret_id, secret, second, first), guard=False)
+    assert a.passed and b.passed, (a, b)
+    assert a.stdout.strip() == "found []" and b.stdout.strip() == "found []", (a.stdout, b.stdout)
+    for planted in (first, second):
+        assert libc.syscall(KEYCTL, KEYCTL_SEARCH, -3, b"user", planted.encode(), 0) < 0
+    assert planted not in Path("/proc/keys").read_text()
+
+
+HARNESS = """import sys
+from clsharelora.evaluation.sandbox import layers, run_many
+if sys.argv[2] == "own-uid-only":
+    ways = [iso for iso in layers.candidates() if not iso.pivot and iso.own_uid and iso.cgroup is None]
+    layers.candidates = lambda: ways
+run_many([sys.argv[1]] * 2, workers=2, timeout=60, guard=False)
+"""
+
+
+def test_nothing_outlives_a_harness_killed_mid_batch():
+    """SIGKILL the harness while two programs sleep: the programs die with it (parent-death signal on
+    `unshare`, passed on by --kill-child and re-armed after the uid change), and its cgroups and root mount
+    folder are reclaimed when the next harness probes its isolation."""
+    import sys
+
+    if "pidns" not in layers():
+        pytest.skip(f"no PID namespace here ({sandbox.isolation().description})")
+    from clsharelora.evaluation.sandbox import cgroups
+
+    own = cgroups._own_paths()
+    bases = [d for d in [cgroups.ROOT + own.get("", "/"), *(f"{cgroups.ROOT}/{c}{own[c]}" for c in own if c)]
+             if os.path.isdir(d)] + [tempfile.gettempdir()]
+
+    marker = f"sbxorphan{os.getpid() % 10000}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, set_comm(marker) + "import time\ntime.sleep(60)\n",
+                                "strongest"], env=env)
+    try:
+        for _ in range(300):
+            if len(leftover_now(marker)) == 2:
+                break
+            time.sleep(0.1)
+        assert len(leftover_now(marker)) == 2
+    finally:
+        harness.kill()
+        harness.wait()
+    assert leftover(marker) == []
+    mine = lambda: [e.path for base in bases for e in os.scandir(base) if e.is_dir(follow_symlinks=False)
+                    and e.name.startswith((f"clsl-sbx-{harness.pid}-", f"clsl-sbx-root-{harness.pid}-"))]
+    assert len(mine()) >= 2, mine()  # two programs' cgroups (and the root mount folder): left by the kill
+    sandbox.isolation(refresh=True)
+    assert mine() == []
+
+
+def leftover_now(marker: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == marker:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_daemon_does_not_outlive_a_killed_harness_without_namespaces_or_cgroups():
+    """The own-uid fallback (no PID namespace, no cgroup): SIGKILL the harness while its program's daemon
+    sleeps. The program dies with the harness (parent-death signal); the daemon lived on for good before;
+    now the next harness kills what the dead harness' program uid still runs when it reclaims its
+    working directory."""
+    import signal
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("own uids need root")
+    marker = f"sbxdaemon{os.getpid() % 10000}"
+    program = set_comm(marker) + ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+                                  "    os._exit(0)\ntime.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, program, "own-uid-only"], env=env)
+    try:
+        for _ in range(300):
+            if len(leftover_now(marker)) == 4:  # two programs, each with its daemon
+                break
+            time.sleep(0.1)
+        assert len(leftover_now(marker)) == 4
+        harness.kill()
+        harness.wait()
+        sandbox.isolation(refresh=True)
+        assert leftover(marker) == []
+    finally:
+        harness.kill()
+        harness.wait()
+        for pid in leftover_now(marker):  # only if the test failed: what it started itself
+            os.kill(pid, signal.SIGKILL)

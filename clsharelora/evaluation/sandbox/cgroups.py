@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 ROOT = "/sys/fs/cgroup"
+PREFIX = "clsl-sbx-"
 
 
 def _own_paths() -> dict[str, str]:
@@ -74,7 +75,7 @@ class ProgramCgroup:
 
     @classmethod
     def create(cls, version: str, memory_bytes: int, max_processes: int) -> "ProgramCgroup":
-        name = "clsl-sbx-" + secrets.token_hex(8)
+        name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"  # the pid: stale.py reclaims a dead harness' cgroups
         made: list[str] = []
         try:
             if version == "v2":
@@ -144,6 +145,19 @@ class ProgramCgroup:
                     pass
         except OSError:
             pass
+
+
+def bases() -> list[str]:
+    """The directories under which this process creates program cgroups (v2 and/or v1), where usable."""
+    found = []
+    try:
+        v2 = _v2_base()
+        if v2:
+            found.append(v2)
+        found += list((_v1_bases() or {}).values())
+    except OSError:
+        pass
+    return found
 
 
 def available() -> str | None:

@@ -1,6 +1,7 @@
 """The sandbox's first code in the new process (run as `python -I -S -c <this text>`, never imported): as root
 of fresh namespaces it joins the program's cgroups, pivots into a minimal root, drops to the program's own
-uid with no capabilities and no_new_privs, sets rlimits, then runs the program text it read from stdin.
+uid with no capabilities, its own session keyring and no_new_privs, sets rlimits, then runs the program
+text it read from stdin.
 
 stdin (a private memfd, replaced by /dev/null before the program runs): 8-byte big-endian length, a header
 of `key<TAB>value` lines (lists joined by \x1e, pairs by \x1f; written by run.py's `_header`; no json:
@@ -136,6 +137,34 @@ def _no_new_privs():
     _check(libc.prctl(38, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")  # setuid/file caps no longer elevate
 
 
+_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "ppc64": 271, "s390x": 280}
+KEYCTL_JOIN_SESSION_KEYRING, ENOSYS, EPERM = 1, 38, 1
+
+
+def _own_session_keyring():
+    """A new, empty, anonymous session keyring: the kernel keyring is not namespaced, so without this the
+    program would search, read and add keys in the harness' session keyring (and meet other programs there).
+    It goes when the program's last process does. Where keyctl is unavailable (ENOSYS, or EPERM from a
+    seccomp filter) the program cannot reach any keyring either."""
+    ctypes, libc = _libc()
+    nr = _KEYCTL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(f"sandbox: keyctl syscall number unknown on {os.uname().machine}")
+    if libc.syscall(nr, KEYCTL_JOIN_SESSION_KEYRING, None) < 0 and ctypes.get_errno() not in (ENOSYS, EPERM):
+        err = ctypes.get_errno()
+        raise OSError(err, f"keyctl(KEYCTL_JOIN_SESSION_KEYRING): {os.strerror(err)}")
+
+
+def _die_with_parent(parent):
+    """SIGKILL when the process that started this one dies (the harness, or `unshare` whose own parent-death
+    signal is the harness'): set again here because a change of uid clears it (prctl(2)); if the parent
+    died before that, exit now."""
+    ctypes, libc = _libc()
+    _check(libc.prctl(1, 9, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os._exit(137)
+
+
 def _limits(cfg):
     import resource
     def limit(what, value):
@@ -197,7 +226,7 @@ def _bootstrap():
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    fd, uid, gid = cfg["result_fd"], cfg["uid"], cfg["gid"]
+    fd, uid, gid, parent = cfg["result_fd"], cfg["uid"], cfg["gid"], os.getppid()
     _join_cgroups(cfg["cgroup_procs"])
     if cfg["mountpoint"]:
         _minimal_root(cfg, uid, gid)
@@ -205,6 +234,8 @@ def _bootstrap():
         _drop_privileges(uid, gid)
     else:
         _drop_capabilities()
+    _die_with_parent(parent)
+    _own_session_keyring()
     _no_new_privs()
     _limits(cfg)
     os.write(fd, b"S")

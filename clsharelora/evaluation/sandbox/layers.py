@@ -12,12 +12,13 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 
-from . import cgroups
+from . import cgroups, stale
 
 _NAMESPACES = ("--net", "--pid", "--ipc", "--uts", "--mount", "--fork", "--kill-child")
 _NS_LAYERS = ("netns", "pidns", "mountns", "ipcns", "utsns", "private-root")
@@ -73,7 +74,21 @@ def pythons() -> list[str]:
     return found
 
 
-ALWAYS = ("no-new-privs", "rlimits", "timeout", "clean-env")
+ALWAYS = ("no-new-privs", "rlimits", "timeout", "clean-env", "own-keyring")
+
+
+def die_with_harness() -> tuple[str, ...]:
+    """`setpriv --pdeathsig KILL`: the harness' child (`unshare`, or the interpreter) is killed when the
+    harness thread that started it dies, SIGKILL included (Popen's preexec_fn is unsafe with run_many's
+    threads); `unshare --kill-child` and inside.py pass it on to the program. () where setpriv lacks it."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    try:
+        usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL") if "--pdeathsig" in usage else ()
 
 
 def candidates() -> list[Isolation]:
@@ -97,8 +112,10 @@ def candidates() -> list[Isolation]:
     elif unshare:
         ways.append(((unshare, "--user", "--map-root-user", *_NAMESPACES), True, False, None, ("userns", *_NS_LAYERS)))
     ways.append(((), False, False, None, ()))
-    return [Isolation(prefix, python, pivot, own_uid, cg_, (*layers, *ALWAYS), binds if pivot else (),
-                      links if pivot else ())
+    reaper = die_with_harness()
+    dies = ("dies-with-harness",) if reaper else ()
+    return [Isolation((*reaper, *prefix), python, pivot, own_uid, cg_, (*layers, *ALWAYS, *dies),
+                      binds if pivot else (), links if pivot else ())
             for prefix, pivot, own_uid, cg_, layers in ways for python in pythons()]
 
 
@@ -113,7 +130,7 @@ def mountpoint() -> str:
     inside its own mount namespace, so nothing is ever written into it on the host."""
     global _mountpoint
     if _mountpoint is None or not os.path.isdir(_mountpoint):  # e.g. removed by a /tmp cleaner
-        _mountpoint = tempfile.mkdtemp(prefix="clsl-sbx-root-")
+        _mountpoint = tempfile.mkdtemp(prefix=f"{stale.ROOT_PREFIX}{os.getpid()}-")
         atexit.register(_remove_mountpoint, _mountpoint)
     return _mountpoint
 
@@ -132,6 +149,7 @@ def isolation(refresh: bool = False) -> Isolation:
 
     with _lock:
         if _cache is None or refresh:
+            stale.reclaim()
             tried = candidates()
             _cache = next((iso for iso in tried if probe(iso)), None)
             if _cache is None:

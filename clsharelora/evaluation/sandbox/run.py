@@ -24,6 +24,7 @@ from typing import Iterable
 
 from ...errors import ConfigError
 from . import layers as _layers
+from . import stale
 from .capture import HeadTail
 from .cgroups import ProgramCgroup
 from .remove import remove_tree
@@ -32,6 +33,7 @@ STATUSES = ("passed", "failed", "timeout", "error")
 _INSIDE = (Path(__file__).with_name("inside.py")).read_text(encoding="utf-8")
 _NOFILE = 256
 _RESULT_CAP = 4096
+UID_BASE = 2**30  # programs' own uids are UID_BASE .. 2*UID_BASE-1: no account has one
 _GRACE_S = 1.0  # after the program ended (or was killed): how long stray holders of its pipes are waited for
 
 
@@ -69,7 +71,7 @@ def _fresh_uid() -> int:
     """A uid no account has: the program's processes and files are its alone (RLIMIT_NPROC counts per uid,
     so without cgroups it caps this program's processes and nobody else's)."""
     while True:
-        uid = 2**30 + secrets.randbelow(2**30)
+        uid = UID_BASE + secrets.randbelow(2**30)
         try:
             pwd.getpwuid(uid)
         except KeyError:
@@ -131,6 +133,14 @@ def _header(cfg: dict) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
+def _signal_name(number: int) -> str:
+    """SIGKILL, SIGRTMIN+6, ...: any signal a program can die of (signal.Signals lacks the real-time ones)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
@@ -175,6 +185,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _run(iso: _layers.Isolation, source: str, *, timeout: float, memory_mb: int, max_processes: int,
          max_file_mb: int, max_output: int, guard: bool) -> ExecResult:
     start = time.monotonic()
+    try:  # model output is arbitrary text: a lone surrogate is the program's failure, not the harness'
+        code = source.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return ExecResult("failed", f"program text is not valid Unicode: {e.reason} {source[e.start:e.end]!r} "
+                          f"at character {e.start}", None, 0.0, "", "", iso.description)
     token = secrets.token_hex(16).encode()
     uid = _fresh_uid() if iso.own_uid else None
     cg = workdir = None
@@ -192,7 +207,7 @@ def _run(iso: _layers.Isolation, source: str, *, timeout: float, memory_mb: int,
         if iso.pivot:
             cwd, home = "/", "/sandbox"
         else:
-            workdir = tempfile.mkdtemp(prefix="clsl-sbx-")
+            workdir = tempfile.mkdtemp(prefix=f"{stale.WORKDIR_PREFIX}{os.getpid()}-")
             if uid is not None:
                 os.chown(workdir, uid, uid)
             cwd = home = workdir
@@ -200,7 +215,6 @@ def _run(iso: _layers.Isolation, source: str, *, timeout: float, memory_mb: int,
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         opened += [result_r, result_w, out_r, out_w, err_r, err_w]
-        code = source.encode("utf-8", errors="surrogateescape")
         header = _header({
             "result_fd": result_w, "uid": uid, "gid": uid, "guard": guard,
             "cgroup_procs": list(cg.procs) if cg else [],
@@ -229,21 +243,26 @@ def _run(iso: _layers.Isolation, source: str, *, timeout: float, memory_mb: int,
         duration = time.monotonic() - start
         oom = cg.oom_kills() if cg else 0
         stdout, stderr = out.text(), err.text()
-        reported = bytes(result.head + result.tail) if result.total <= _RESULT_CAP else b"?"
+        # The set-up writes b"S" before any program code runs, so the first byte is always its own; after
+        # that the program holds the same descriptor (it runs in the process that must write the token), so
+        # anything beyond exactly S + token is the program's doing and fails it, whatever its volume.
+        reported = bytes(result.head + result.tail) if result.total <= _RESULT_CAP else None
         if timed_out:
             status, reason = "timeout", f"wall-clock timeout after {timeout:g}s"
-        elif not reported.startswith(b"S"):  # the program never ran: set-up failed
+        elif bytes(result.head[:1]) != b"S":  # the program never ran: set-up failed
             status, reason = "error", f"sandbox set-up failed: {_last_line(stderr) or f'exit code {rc}'}"
         elif rc == 0 and reported == b"S" + token:
             status, reason = "passed", "passed"
         elif oom:
             status, reason = "failed", f"memory limit of {memory_mb} MiB (all its processes together) exceeded"
         elif rc < 0:  # unshare re-raises its child's fatal signal, so this is the program's
-            sig = signal.Signals(-rc)
-            if sig == signal.SIGXCPU:
+            if -rc == signal.SIGXCPU:
                 status, reason = "timeout", f"CPU limit of {math.ceil(timeout) + 1}s exceeded"
             else:
-                status, reason = "failed", f"killed by {sig.name}" + (f": {_last_line(stderr)}" if stderr else "")
+                status, reason = "failed", f"killed by {_signal_name(-rc)}" + (
+                    f": {_last_line(stderr)}" if stderr else "")
+        elif rc == 0 and result.total > 1:
+            status, reason = "failed", f"program wrote {result.total - 1} bytes into the sandbox's verdict descriptor"
         elif rc == 0:
             status, reason = "failed", "program exited before the tests finished"
         else:
