@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from clsharelora import metrics  # noqa: E402
 from clsharelora.errors import DataError  # noqa: E402
+from clsharelora.study.runner import recorded_seconds  # noqa: E402
 
 from . import stats  # noqa: E402
 from .items import compare_pairs  # noqa: E402
@@ -263,13 +264,7 @@ def plot_params_vs_forgetting(summary: pd.DataFrame, score: str, out: Path) -> P
 def _timing(root: Path) -> str:
     """How long the study took: timing.json's sessions (written by `clsharelora study`). File times are no
     substitute: a resumed study rewrites grid.json, so their span can even come out negative."""
-    status = root / "status.tsv"
-    cell_s = 0.0
-    if status.is_file():
-        for line in status.read_text().splitlines()[1:]:
-            parts = line.split("\t")
-            if len(parts) == 3 and parts[2]:
-                cell_s += float(parts[2])
+    cell_s = sum(recorded_seconds(root).values())
     cells = f"; the cells' own run times sum to {cell_s / 60:.1f} min" if cell_s else ""
     try:
         timing = json.loads((root / "timing.json").read_text())

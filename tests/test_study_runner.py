@@ -135,3 +135,22 @@ def test_jobs_2_equals_jobs_1_and_a_killed_study_resumes_to_the_same_results(tmp
     assert not (doc.parent / "study" / "report.html").exists()
     for name in ("grid.json", "status.tsv", "timing.json"):   # the study's record travels with its summary
         assert (doc.parent / "study" / name).read_bytes() == (tmp_path / "j1" / name).read_bytes()
+
+
+def test_a_resume_with_nothing_to_run_keeps_each_cells_time(tmp_path):
+    """status.tsv is rewritten whole each session: a later --resume that runs no cell used to blank every
+    cell's seconds (the committed cpu-study status.tsv had an empty time for all 30 cells)."""
+    from clsharelora.study.runner import _prepare_dir, cell_paths, recorded_seconds, run_study
+
+    path = write_study(tmp_path, "strategies: [lora, 'sharelora:share_a']\nseeds: [0]\n")
+    root = tmp_path / "out"
+    study = load_study(path)
+    _prepare_dir(study, root, resume=False)
+    for cell in study.cells:   # the runner's bookkeeping only reads results.json's "complete"
+        run = cell_paths(root, cell)["run"]
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"complete": True}))
+    earlier = {c.key: 10.5 + i for i, c in enumerate(study.cells)}
+    (root / "status.tsv").write_text("cell\tstate\tseconds\n" + "".join(f"{k}\tdone\t{s}\n" for k, s in earlier.items()))
+    assert run_study(path, root, resume=True, progress=False) == 0
+    assert recorded_seconds(root) == earlier
