@@ -107,8 +107,18 @@ def test_study_report_writes_tables_figures_and_lists_missing_cells(tmp_path):
 
 def test_too_few_pairs_say_so(tmp_path):
     write_study(tmp_path, {"lora": {"a": 0.1, "b": 0.1, "c": 0.1}, "share": {"a": 0.0, "b": 0.0, "c": 0.0}},
-                [0, 1], [("a", "b", "c"), ("c", "b", "a")])
+                [0], [("a", "b", "c")])
     _, cells, _ = study.load_study_cells(tmp_path)
     text = " ".join(study.verdicts(study.paired_table(study.cell_table(cells), "lora")))
     assert "Not resolved: share vs lora, forgetting (accuracy)" in text
-    assert "cannot go below p = 0.125 (6 pairs are needed for p < 0.05)" in text
+    assert "with 1 pair(s) no test can resolve anything" in text
+
+
+def test_a_clear_difference_is_resolved_with_fewer_than_6_pairs(tmp_path):
+    """The decision rule is the paired t test alone: 4 pairs can resolve a difference 50x the noise. Before,
+    the rule also required the sign-flip test's p < 0.05, which 4 pairs can never give (smallest p 0.125)."""
+    write_study(tmp_path, {"lora": {"a": 0.1, "b": 0.1, "c": 0.1}, "share": {"a": 0.0, "b": 0.0, "c": 0.0}},
+                [0, 1], [("a", "b", "c"), ("c", "b", "a")])
+    _, cells, _ = study.load_study_cells(tmp_path)
+    text = " ".join(study.verdicts(study.paired_table(study.cell_table(cells), "lora")))
+    assert "**Resolved**: share vs lora, forgetting (accuracy)" in text
