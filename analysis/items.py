@@ -148,6 +148,8 @@ class FinalRowTest:
     nll_difference: float               # a - b, token-weighted
     nll_low: float
     nll_high: float
+    accuracy: float | None = None            # a's and b's own final accuracy: is either above chance?
+    reference_accuracy: float | None = None
 
 
 def final_row_tests(a: RunItems, b: RunItems, *, seed: int = 0) -> list[FinalRowTest]:
@@ -157,13 +159,14 @@ def final_row_tests(a: RunItems, b: RunItems, *, seed: int = 0) -> list[FinalRow
     out = []
     for task in a.run.tasks:
         fa, fb = a.fields[task], b.fields[task]
-        acc, p = None, None
+        acc, p, acc_a, acc_b = None, None, None, None
         if "correct" in fa and "correct" in fb and np.isin(fa["correct"][-1], (0.0, 1.0)).all() \
                 and np.isin(fb["correct"][-1], (0.0, 1.0)).all():
-            acc = float(fa["correct"][-1].mean() - fb["correct"][-1].mean())
+            acc_a, acc_b = float(fa["correct"][-1].mean()), float(fb["correct"][-1].mean())
+            acc = acc_a - acc_b
             p = stats.mcnemar_pvalue(fa["correct"][-1] == 1, fb["correct"][-1] == 1)
         iv = stats.paired_bootstrap_nll(fa["nll_sum"][-1], fb["nll_sum"][-1], fa["nll_tokens"][-1], seed=seed)
-        out.append(FinalRowTest(task, acc, p, iv.mean, iv.low, iv.high))
+        out.append(FinalRowTest(task, acc, p, iv.mean, iv.low, iv.high, acc_a, acc_b))
     return out
 
 
@@ -196,7 +199,8 @@ def compare_pairs(pairs, reference: str, *, samples: int = BOOTSTRAP_SAMPLES) ->
             rows.append({**base, "kind": "final row", "score": "nll", "what": t.task, "difference": t.nll_difference,
                          "low": t.nll_low, "high": t.nll_high, "p_value": np.nan,
                          "resolved": t.nll_low > 0 or t.nll_high < 0,
-                         "accuracy_difference": t.accuracy_difference, "mcnemar_p": t.mcnemar_p})
+                         "accuracy_difference": t.accuracy_difference, "mcnemar_p": t.mcnemar_p,
+                         "accuracy": t.accuracy, "reference_accuracy": t.reference_accuracy})
     return pd.DataFrame(rows)
 
 

@@ -129,3 +129,13 @@ def test_paired_bootstrap_nll_point_and_interval():
     assert iv.low == pytest.approx(0.2) and iv.high == pytest.approx(0.2)  # a constant per-token shift
     noisy = stats.paired_bootstrap_nll(base + counts * rng.normal(0.0, 0.5, 300), base, counts, samples=2000)
     assert noisy.low < 0 < noisy.high
+
+
+def test_group_difference_pvalue_exact_floor_and_null_level():
+    # 3 + 3 values: 20 distinct splits, the observed one and its mirror are the extreme ones -> p = floor = 0.1
+    assert stats.group_difference_pvalue([0, 0.1, 0.2, 1, 1.1, 1.2], [0, 0, 0, 1, 1, 1]) == pytest.approx((0.1, 0.1))
+    assert stats.group_difference_pvalue([1, 2], [0, 0]) == (1.0, 1.0)
+    rng = np.random.default_rng(4)   # no group effect: p < 0.05 about 5% of the time (3 orders x 2 seeds, exact)
+    rejections = np.mean([stats.group_difference_pvalue(rng.normal(size=6), [0, 0, 1, 1, 2, 2])[0] < 0.05
+                          for _ in range(300)])
+    assert rejections <= 0.09

@@ -63,6 +63,20 @@ def test_orders_are_seeded_permutations_starting_with_the_stream_order(tmp_path)
     assert [e["name"] for e in study.stream_for(1)["experiences"]] == ["mmlu", "gsm8k"]
 
 
+def test_orders_can_be_every_cyclic_rotation(tmp_path):
+    """Three or more orders, each task once in each position (before: rotations was an unknown spec)."""
+    (tmp_path / "stream3.yaml").write_text(STREAM + """  - name: code
+    train: {benchmark: codealpaca, split: train, n: 4, max_steps: 2, max_length: 256}
+    eval: {task: humaneval, n: 2, generate: false}
+""")
+    (tmp_path / "base.yaml").write_text(BASE.format(stream=tmp_path / "stream3.yaml"))
+    (tmp_path / "study.yaml").write_text(f"name: tiny\nbase: {tmp_path / 'base.yaml'}\nstrategies: [lora]\n"
+                                         "seeds: [0]\norders: {rotations: all}\n")
+    study = load_study(tmp_path / "study.yaml")
+    assert study.orders == (("gsm8k", "mmlu", "code"), ("mmlu", "code", "gsm8k"), ("code", "gsm8k", "mmlu"))
+    assert len(study.cells) == 3
+
+
 def test_a_strategy_mapping_keeps_the_base_options_its_adapter_knows(tmp_path):
     """A matched-LoRA control must match at the base's rank: {name: lora, match: share_a} keeps r."""
     path = write_study(tmp_path, "strategies: [{label: matched, adapter: {name: lora, match: share_a}}]\nseeds: [0]\n")
@@ -76,6 +90,7 @@ def test_a_strategy_mapping_keeps_the_base_options_its_adapter_knows(tmp_path):
     ("strategies: [lora]\nseeds: [0]\norders: {explicit: [[gsm8k, code]]}\n", "is not a permutation"),
     ("strategies: [nosuch]\nseeds: [0]\n", "unknown adapter strategy 'nosuch'"),
     ("strategies: [lora]\nseeds: [0]\nsedes: [1]\n", "unknown key 'sedes'"),
+    ("strategies: [lora]\nseeds: [0]\norders: {rotations: 2}\n", "rotations must be 'all'"),
 ])
 def test_bad_study_files_are_one_error_and_write_nothing(tmp_path, capsys, body, message):
     path = write_study(tmp_path, body)
