@@ -188,3 +188,14 @@ def test_orders_are_a_factor_and_disagreeing_orders_get_no_pooled_verdict(tmp_pa
     answer = " ".join(study.headline(pairs, study.strategy_summary(table), "lora", set(), by_order))
     assert "**the task orders disagree**, so no pooled verdict" in answer and "it forgets" not in answer
     assert "Per order: order 0: -0.11" in answer and "order x strategy interaction: permutation p = " in answer
+
+
+def test_answer_prior_nll_is_the_letter_frequencies_cross_entropy():
+    """The diagnostic behind docs/studies.md "The replay anomaly": NLL of the training letter prior."""
+    import math
+
+    from clsharelora.analysis.answer_prior import FLOOR, prior_nll
+
+    assert prior_nll("AAAB", "AB") == pytest.approx((-math.log(0.75) - math.log(0.25)) / 2)
+    assert prior_nll("ABCD", "DCBA") == pytest.approx(math.log(4))
+    assert prior_nll("AAAA", "B") == pytest.approx(-math.log(FLOOR))
