@@ -20,6 +20,7 @@ from clsharelora.training.results import read_items
 
 from . import stats
 from .runs import SCORES, Run
+from .tables import p_text, signed
 
 BOOTSTRAP_SAMPLES = 2000
 METRICS = ("acc", "bwt", "forgetting", "plasticity")
@@ -226,9 +227,38 @@ def item_level_sentences(table) -> list[str]:
         what = f"{r['what']} ({r['score']}), {r['label']} − {r['reference']}, seed {r['seed']}"
         if "order" in r and not pd.isna(r["order"]):
             what += f", order {int(r['order'])}"
-        ci = f"{r['difference']:+.4f} (95% item-bootstrap interval {r['low']:+.4f}..{r['high']:+.4f}, p = {r['p_value']:.3g})"
+        ci = (f"{signed(r['difference'])} (95% item-bootstrap interval {signed(r['low'])}..{signed(r['high'])}, "
+              f"{p_text(r['p_value'], BOOTSTRAP_SAMPLES)})")
         if r["resolved"]:
             out.append(f"**Beyond item noise**: {what}: {ci}.")
         else:
             out.append(f"Within item noise: {what}: {ci}; the scored items cannot tell these runs apart.")
+    return out
+
+
+def forgetting_intervals(items: RunItems, score: str, *, samples: int = BOOTSTRAP_SAMPLES,
+                         seed: int = 0) -> list[tuple[str, float, float, float]]:
+    """Does one run forget at all? (task, forgetting, low, high) per task learned before the last and for
+    their mean ("all"), with 95% bootstrap intervals over the scored items (evaluation noise only)."""
+    run = items.run
+    k = run.done
+    if k < 2:
+        return []
+    rng = np.random.default_rng(seed)
+    index = {t: rng.integers(0, items.fields[t]["nll_sum"].shape[1], size=(samples, items.fields[t]["nll_sum"].shape[1]))
+             for t in run.tasks}
+    higher = SCORES[score]
+
+    def drops(R: np.ndarray) -> np.ndarray:           # (B, rows, T) -> (B, k - 1)
+        earlier, final = R[:, 1:k, : k - 1], R[:, k, : k - 1]
+        return earlier.max(1) - final if higher else final - earlier.min(1)
+
+    point = drops(items.matrix(score)[None])[0]
+    boot = drops(items.matrix(score, index))
+    out = []
+    for j in range(k - 1):
+        low, high = np.quantile(boot[:, j], [0.025, 0.975])
+        out.append((run.tasks[j], float(point[j]), float(low), float(high)))
+    low, high = np.quantile(boot.mean(1), [0.025, 0.975])
+    out.append(("all", float(point.mean()), float(low), float(high)))
     return out

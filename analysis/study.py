@@ -30,6 +30,7 @@ from clsharelora.study.runner import recorded_seconds  # noqa: E402
 from . import stats  # noqa: E402
 from .items import compare_pairs  # noqa: E402
 from .runs import SCORES, Run, load_run  # noqa: E402
+from .tables import signed  # noqa: E402
 
 GRID = "grid.json"
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "plasticity")
@@ -549,7 +550,7 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
         final = items[(items["kind"] == "final row") & items["mcnemar_p"].notna()] if "mcnemar_p" in items else items[:0]
         if len(final):
             page.table(["strategy", "task", "pairs", "mean accuracy diff (final row)", "pairs with McNemar p < 0.05"],
-                       [[label, task, str(len(g)), f"{g['accuracy_difference'].mean():+.4f}",
+                       [[label, task, str(len(g)), signed(g["accuracy_difference"].mean()),
                          f"{int((g['mcnemar_p'] < 0.05).sum())}/{len(g)}"]
                         for (label, task), g in final.groupby(["label", "what"], sort=False)])
     page.heading(2, "Figures")
