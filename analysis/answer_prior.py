@@ -27,6 +27,10 @@ def prior_nll(train_letters: Sequence[str], scored_letters: Sequence[str], optio
     return sum(-math.log(p[g]) for g in scored_letters) / len(scored_letters)
 
 
+def _counts(letters: Sequence[str]) -> dict[str, int]:
+    return dict(sorted(collections.Counter(letters).items()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
@@ -34,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clsharelora.benchmarks.stream import parse_stream
     from clsharelora.data import load_benchmark
     from clsharelora.evaluation.tasks import evaluator_class
+    from clsharelora.prompts import LETTERS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stream", help="stream file")
@@ -44,16 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in stream.experiences:
         evaluator = evaluator_class(spec.task)
         options = getattr(evaluator, "max_options", None)
-        if not options or options > 4:
+        if not options:          # not multiple choice
             continue
         for seed in args.seeds:
             train = [r.answer for r in training_records(spec, seed=seed)]
             scored = [r.answer for r in load_benchmark(evaluator.benchmark, "test", n=spec.eval_options.get("n"),
                                                          seed=seed)]
-            letters = "ABCD"[:options]
-            print(f"{spec.name} seed {seed}: trained on {len(train)} items {dict(sorted(collections.Counter(train).items()))}, "
-                  f"scored {len(scored)} items {dict(sorted(collections.Counter(scored).items()))}; NLL of the "
-                  f"training letter prior on the scored items {prior_nll(train, scored, letters):.3f} "
+            print(f"{spec.name} seed {seed}: trained on {len(train)} items {_counts(train)}, "
+                  f"scored {len(scored)} items {_counts(scored)}; NLL of the training letter prior on the "
+                  f"scored items {prior_nll(train, scored, LETTERS[:options]):.3f} "
                   f"(uniform: {math.log(options):.3f})")
     return 0
 

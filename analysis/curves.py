@@ -80,7 +80,8 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
                 e = np.full(T + 1, np.nan)
                 e[: se.shape[0]] = se[:, j]
                 bars = ok & ~np.isnan(e)
-                ax.errorbar(xs[bars], y[bars], yerr=clipped_bars(y[bars], Z95 * e[bars], score), fmt="none", ecolor=colour[lab], elinewidth=1.1,
+                ax.errorbar(xs[bars], y[bars], yerr=clipped_bars(y[bars], Z95 * e[bars], score), fmt="none",
+                            ecolor=colour[lab], elinewidth=1.1,
                             capsize=3, alpha=0.8)
                 item_bars = True
             if len(g) > 1:

@@ -225,7 +225,8 @@ def scope_line(runs: Sequence[Run]) -> str:
     n = n[n > 0]
     sizes = (f"n = {int(n.min())}–{int(n.max())} scored items per task" if n.size and n.min() != n.max()
              else f"n = {int(n.min())} scored items per task" if n.size else "an unrecorded number of items")
-    half = f", so one accuracy's 95% interval is up to ±{100 * Z95 * math.sqrt(0.25 / n.min()):.0f} points wide" if n.size else ""
+    half = (f", so one accuracy's 95% interval is up to ±{100 * Z95 * math.sqrt(0.25 / n.min()):.0f} points wide"
+            if n.size else "")
     return (f"**What this report can show**: that every strategy trains and is scored end to end, and the NLL "
             f"forgetting signal with its 95% interval over the scored items. **What it cannot**: accuracy "
             f"differences between strategies: {seeds} seed(s) per strategy and {sizes}{half}; "

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from clsharelora import metrics  # noqa: E402
-from clsharelora.errors import DataError  # noqa: E402
+from clsharelora.errors import ConfigError, DataError  # noqa: E402
 from clsharelora.study.runner import recorded_seconds  # noqa: E402
 
 from . import stats  # noqa: E402
@@ -223,7 +223,7 @@ def task_options(root: Path) -> dict[str, int]:
         task = (e.get("eval") or {}).get("task")
         try:
             options = getattr(evaluator_class(task), "max_options", None)
-        except Exception:   # an unknown task name is the stream's problem, reported where it is run
+        except ConfigError:   # an unknown task name is the stream's problem, reported where it is run
             options = None
         if options:
             out[e["name"]] = int(options)
@@ -529,8 +529,9 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
                   "interaction). The answer above pools orders only where every order has the pooled sign and "
                   "that test does not reject; with few pairs per order its smallest possible p is printed too.")
         page.table(["strategy", "score", "metric", "order", "pairs", "mean diff", "t CI", "interaction p (floor)"],
-                   [[r["label"], r["score"], r["metric"], str(r["order"]), str(r["pairs"]), f"{r['mean_difference']:+.4f}",
-                     f"{r['t_low']:+.4f}..{r['t_high']:+.4f}", f"{r['interaction_p']:.3g} ({r['interaction_floor']:.3g})"]
+                   [[r["label"], r["score"], r["metric"], str(r["order"]), str(r["pairs"]),
+                     f"{r['mean_difference']:+.4f}", f"{r['t_low']:+.4f}..{r['t_high']:+.4f}",
+                     f"{r['interaction_p']:.3g} ({r['interaction_floor']:.3g})"]
                     for _, r in by_order.iterrows()])
     if len(items):
         page.heading(2, "Evaluation noise against training noise (item level)")
