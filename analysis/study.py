@@ -202,7 +202,7 @@ def regime_sentences(regime: pd.DataFrame, reference: str) -> list[str]:
         what = (f"its {score} forgetting is {overall['mean']:+.4f} (95% t CI {overall['low']:+.4f}.."
                 f"{overall['high']:+.4f}, {overall['n']} cells; per task: {per})")
         if not g["forgets"].any():
-            below = ("; below zero: later experiences lowered the earlier tasks' loss" if overall["high"] < 0 else "")
+            below = ("; below zero: later experiences improved the earlier tasks" if overall["high"] < 0 else "")
             out.append(f"**{reference} does not measurably forget here ({score})**: {what}{below}. \"Does a "
                        f"strategy forget less than {reference}?\" is moot on this score: the differences below "
                        "compare backward transfer (below zero = more backward transfer than "
@@ -285,11 +285,13 @@ def orders_agree(by_order: pd.DataFrame, pooled_mean: float) -> bool:
 
 
 def order_sentence(by_order: pd.DataFrame) -> str:
-    per = "; ".join(f"order {int(r['order'])}: {r['mean_difference']:+.4f} ({r['t_low']:+.4f}..{r['t_high']:+.4f}, "
+    per = "; ".join(f"order {int(r['order'])}: {signed(r['mean_difference'])} ({signed(r['t_low'])}..{signed(r['t_high'])}, "
                     f"{int(r['pairs'])} pairs)" for _, r in by_order.iterrows())
     first = by_order.iloc[0]
+    weak = (": it cannot reject at 5% with this design, so agreement rests on the signs alone"
+            if first["interaction_floor"] >= 0.05 else "")
     return (f"Per order: {per}; order x strategy interaction: permutation p = {first['interaction_p']:.3g} "
-            f"(the smallest p this design can give is {first['interaction_floor']:.3g}).")
+            f"(the smallest p this design can give is {first['interaction_floor']:.3g}{weak}).")
 
 
 HEADLINE = "forgetting"   # the study's question: does a strategy forget less than the reference?
@@ -338,7 +340,7 @@ def headline(pairs: pd.DataFrame, summary: pd.DataFrame, reference: str, moot: s
         if p is not None:   # forgetting less by learning less is no win (Biderman et al. 2024)
             learns = ("it learns less" if p["mean_difference"] < 0 else "it learns more") if p["resolved"] else "not resolved"
             out[-1] += (f" Plasticity (how much each task improved when trained) minus {reference}'s = "
-                        f"{p['mean_difference']:+.4f} (95% t CI {p['t_low']:+.4f}..{p['t_high']:+.4f}, p = "
+                        f"{signed(p['mean_difference'])} (95% t CI {signed(p['t_low'])}..{signed(p['t_high'])}, p = "
                         f"{p['p_value']:.3g}): {learns}.")
     return out
 
@@ -530,7 +532,7 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
                   "that test does not reject; with few pairs per order its smallest possible p is printed too.")
         page.table(["strategy", "score", "metric", "order", "pairs", "mean diff", "t CI", "interaction p (floor)"],
                    [[r["label"], r["score"], r["metric"], str(r["order"]), str(r["pairs"]),
-                     f"{r['mean_difference']:+.4f}", f"{r['t_low']:+.4f}..{r['t_high']:+.4f}",
+                     signed(r["mean_difference"]), f"{signed(r['t_low'])}..{signed(r['t_high'])}",
                      f"{r['interaction_p']:.3g} ({r['interaction_floor']:.3g})"]
                     for _, r in by_order.iterrows()])
     if len(items):
