@@ -68,6 +68,37 @@ class RunItems:
         return out[0] if index is None else out
 
 
+def task_options(tasks) -> dict[str, int]:
+    """Per scored task name (a column of R): its answer options when it is multiple choice (chance accuracy
+    = 1/options, from the evaluator's `max_options`: 4 for MMLU, at most 10 for MMLU-Pro); generation tasks
+    and unknown names have none."""
+    from clsharelora.errors import ConfigError
+    from clsharelora.evaluation.tasks import evaluator_class
+
+    out = {}
+    for task in tasks:
+        try:
+            options = getattr(evaluator_class(task), "max_options", None)
+        except ConfigError:
+            options = None
+        if options:
+            out[task] = int(options)
+    return out
+
+
+def chance_sentence(task: str, final_accuracy: dict[str, float], options: dict[str, int]) -> str | None:
+    """"At or below chance" for `task` naming the strategies whose final accuracy is <= 1/options, or None."""
+    if task not in options:
+        return None
+    chance = 1 / options[task]
+    low = {label: m for label, m in final_accuracy.items() if m <= chance}
+    if not low:
+        return None
+    return (f"**At or below chance ({task})**: final accuracy " + ", ".join(f"{label} {m:.3f}" for label, m in low.items())
+            + f" against chance {chance:.3f} (1/{options[task]} options): {task}'s accuracy and its differences "
+            "measure guessing, not what was learned or forgotten; read its NLL instead.")
+
+
 def _paired(a: RunItems, b: RunItems) -> None:
     if a.run.tasks != b.run.tasks or a.run.done != b.run.done:
         raise DataError(f"{a.run.path} and {b.run.path} are not scored on the same tasks and rows")

@@ -33,7 +33,8 @@ from clsharelora.errors import DataError, UserError
 from . import tables
 from .curves import Z95, plot_forgetting_curves
 from .heatmaps import plot_heatmaps
-from .items import RunItems, forgetting_intervals, item_level_sentences, item_level_table
+from .items import (RunItems, chance_sentence, forgetting_intervals, item_level_sentences, item_level_table,
+                    task_options)
 from .runs import SCORES, Run, by_setting, by_strategy, load_runs, tidy
 from .seeds import paired_differences, seed_table, summarize_differences
 
@@ -163,7 +164,7 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     for (stream, model), group in by_setting(runs).items():
         slug = _slug(stream, model)
         page.heading(2, f"Stream {stream} · model {model}")
-        for sentence in reference_regime_sentences(group):
+        for sentence in reference_regime_sentences(group) + chance_lines(group):
             page.para(sentence)
         comp = tables.comparison_table(group)
         comparisons.append(comp)
@@ -266,6 +267,24 @@ def reference_regime_sentences(group: Sequence[Run]) -> list[str]:
                            "transfer, not less forgetting.")
             else:
                 out.append(f"{reference} forgets ({score}): {what}.")
+    return out
+
+
+def chance_lines(group: Sequence[Run]) -> list[str]:
+    """Multiple-choice tasks whose final accuracy (mean over a strategy's complete runs) is at or below chance."""
+    done = [r for r in group if r.complete and "accuracy" in r.matrices and not r.is_reference]
+    options = task_options({t for r in done for t in r.tasks})
+    out = []
+    for task in sorted(options):
+        means = {}
+        for label, runs in by_strategy(done).items():
+            values = [r.matrices["accuracy"][-1, r.tasks.index(task)] for r in runs if task in r.tasks]
+            values = [v for v in values if not np.isnan(v)]
+            if values:
+                means[label] = float(np.mean(values))
+        sentence = chance_sentence(task, means, options)
+        if sentence:
+            out.append(sentence)
     return out
 
 

@@ -24,11 +24,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from clsharelora import metrics  # noqa: E402
-from clsharelora.errors import ConfigError, DataError  # noqa: E402
+from clsharelora.errors import DataError  # noqa: E402
 from clsharelora.study.runner import recorded_seconds  # noqa: E402
 
 from . import stats  # noqa: E402
-from .items import compare_pairs  # noqa: E402
+from .items import chance_sentence, compare_pairs, task_options  # noqa: E402
 from .runs import SCORES, Run, load_run  # noqa: E402
 from .tables import signed  # noqa: E402
 
@@ -213,23 +213,6 @@ def regime_sentences(regime: pd.DataFrame, reference: str) -> list[str]:
     return out
 
 
-def task_options(root: Path) -> dict[str, int]:
-    """Per task name: the number of answer options of its multiple-choice evaluator (chance = 1/options),
-    from the study's stream file; generation tasks have none."""
-    from clsharelora.evaluation.tasks import evaluator_class
-
-    out = {}
-    for e in (_study_stream(root) or {}).get("experiences", []):
-        task = (e.get("eval") or {}).get("task")
-        try:
-            options = getattr(evaluator_class(task), "max_options", None)
-        except ConfigError:   # an unknown task name is the stream's problem, reported where it is run
-            options = None
-        if options:
-            out[e["name"]] = int(options)
-    return out
-
-
 def chance_sentences(items: pd.DataFrame, options: dict[str, int], reference: str) -> list[str]:
     """Tasks whose final accuracy (mean over cells, per strategy) is at or below chance, 1/options."""
     if not len(items) or "accuracy" not in items:
@@ -237,17 +220,11 @@ def chance_sentences(items: pd.DataFrame, options: dict[str, int], reference: st
     final = items[(items["kind"] == "final row") & items["accuracy"].notna()]
     out = []
     for task, g in final.groupby("what", sort=False):
-        if task not in options:
-            continue
-        chance = 1 / options[task]
         means = {reference: float(g["reference_accuracy"].mean()),
                  **{label: float(h["accuracy"].mean()) for label, h in g.groupby("label", sort=False)}}
-        low = {label: m for label, m in means.items() if m <= chance}
-        if low:
-            out.append(f"**At or below chance ({task})**: final accuracy "
-                       + ", ".join(f"{label} {m:.3f}" for label, m in low.items())
-                       + f" against chance {chance:.3f} (1/{options[task]} options): {task}'s accuracy and its "
-                       "differences measure guessing, not what was learned or forgotten; read its NLL instead.")
+        sentence = chance_sentence(task, means, options)
+        if sentence:
+            out.append(sentence)
     return out
 
 
@@ -496,7 +473,8 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
         page.para(setup[0])
         page.para("\n".join(setup[1:]))
     page.heading(2, "Answer")
-    for sentence in regime_sentences(regime, reference) + chance_sentences(items, task_options(root), reference):
+    options = task_options(sorted({t for c in cells for t in c.run.tasks}))
+    for sentence in regime_sentences(regime, reference) + chance_sentences(items, options, reference):
         page.para(sentence)
     page.para(f"The question: does a strategy forget less than {reference}, and at what parameter cost? Forgetting "
               "of a task is how far its score fell from its best value over the earlier experiences to the end of the "

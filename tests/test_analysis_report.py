@@ -287,3 +287,16 @@ def test_differences_print_with_enough_digits_and_no_p_of_zero():
 
     assert signed(3e-6) == "+3.00e-06" and signed(-0.01234) == "-0.0123" and signed(-1e-17) == "0"
     assert p_text(0.0, 2000) == "p < 0.001" and p_text(0.0312) == "p = 0.0312"
+
+
+def test_single_run_report_names_tasks_at_or_below_chance(tmp_path):
+    """MMLU at 0.20 accuracy (4 options: chance 0.25) is named with its chance level; MMLU-Pro at 0.9 and the
+    generation tasks are not. Before, the report printed accuracy differences there without a word."""
+    from clsharelora.analysis.report import chance_lines
+
+    R = [row[:] for row in LORA]
+    R[-1][2], R[-1][3] = 0.20, 0.9
+    write_run(tmp_path, "r", R, _nll(R))
+    text = " ".join(chance_lines(load_runs([tmp_path / "r"])))
+    assert text.startswith("**At or below chance (mmlu)**: final accuracy lora 0.200 against chance 0.250 (1/4 options)")
+    assert "mmlu_pro" not in text and "gsm8k" not in text

@@ -153,15 +153,12 @@ def test_a_forgetting_reference_keeps_the_forgetting_wording(tmp_path):
     assert answer.startswith("lora forgets (accuracy)") and "**resolved, it forgets less** than lora" in answer
 
 
-def test_scores_at_or_below_chance_are_named_with_their_chance_level(tmp_path):
+def test_scores_at_or_below_chance_are_named_with_their_chance_level():
     import pandas as pd
 
-    (tmp_path / "streams").mkdir()
-    (tmp_path / "streams" / "order0.yaml").write_text(
-        "name: s\nexperiences:\n  - {name: m, train: {benchmark: mmlu}, eval: {task: mmlu}}\n"
-        "  - {name: g, train: {benchmark: gsm8k}, eval: {task: gsm8k}}\n")
-    options = study.task_options(tmp_path)
-    assert options == {"m": 4}
+    options = study.task_options(["mmlu", "gsm8k", "humaneval", "nosuch"])
+    assert options == {"mmlu": 4}
+    options = {"m": 4}
     items = pd.DataFrame([{"label": "share", "kind": "final row", "what": "m", "accuracy": 0.2, "reference_accuracy": 0.18},
                           {"label": "share", "kind": "final row", "what": "g", "accuracy": 0.0, "reference_accuracy": 0.0}])
     text = " ".join(study.chance_sentences(items, options, "lora"))
