@@ -94,7 +94,8 @@ def chance_sentence(task: str, final_accuracy: dict[str, float], options: dict[s
     low = {label: m for label, m in final_accuracy.items() if m <= chance}
     if not low:
         return None
-    return (f"**At or below chance ({task})**: final accuracy " + ", ".join(f"{label} {m:.3f}" for label, m in low.items())
+    named = ", ".join(f"{label} {m:.3f}" for label, m in low.items())
+    return (f"**At or below chance ({task})**: final accuracy {named}"
             + f" against chance {chance:.3f} (1/{options[task]} options): {task}'s accuracy and its differences "
             "measure guessing, not what was learned or forgotten; read its NLL instead.")
 
