@@ -30,6 +30,23 @@ def _legend_label(label: str, group: Sequence[Run]) -> str:
 
 
 Z95 = 1.959964   # two-sided 95% normal quantile: bars are +-1.96 standard errors over items
+#: the values each score can take: 95% bars are clipped to them (an accuracy of 0 has no bar below 0)
+SCORE_RANGE = {"accuracy": (0.0, 1.0), "nll": (0.0, math.inf)}
+MARKERS = "osD^vP*X"
+DODGE = 0.08     # x offset between strategies, so curves that coincide stay visible side by side
+
+
+def flat_panel_limits(score: str, values: np.ndarray) -> tuple[float, float] | None:
+    """A flat accuracy panel (e.g. all zero) is drawn on the whole 0-100% axis, not on matplotlib's
+    autoscaled sliver around one value (which makes 0 look like a curve with a scale)."""
+    v = values[~np.isnan(values)]
+    return (-0.05, 1.05) if score == "accuracy" and v.size and np.ptp(v) == 0 else None
+
+
+def clipped_bars(y: np.ndarray, half: np.ndarray, score: str) -> np.ndarray:
+    """yerr (2, n) of y ± half, cut at the score's range."""
+    low, high = SCORE_RANGE[score]
+    return np.vstack([np.minimum(half, y - low), np.minimum(half, high - y)]).clip(min=0)
 
 
 def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, title: str | None = None) -> Path:
@@ -51,30 +68,36 @@ def plot_forgetting_curves(runs: Sequence[Run], score: str, out: str | Path, tit
     for j, task in enumerate(tasks):
         ax = axes[j // ncols][j % ncols]
         ax.axvspan(j + 0.6, j + 1.4, color="0.92", zorder=0)
-        for lab, g in groups.items():
+        for i, (lab, g) in enumerate(groups.items()):
             mean, std, _ = stats[lab]
             y = mean[:, j]
             ok = ~np.isnan(y)
-            ax.plot(x[ok], y[ok], marker="o", ms=4, lw=1.8, color=colour[lab], label=_legend_label(lab, g))
+            xs = x + (i - (len(groups) - 1) / 2) * DODGE
+            ax.plot(xs[ok], y[ok], marker=MARKERS[i % len(MARKERS)], ms=5, lw=1.8, color=colour[lab],
+                    label=_legend_label(lab, g))
             se = g[0].errors.get(score)
             if len(g) == 1 and se is not None and not np.isnan(se[:, j]).all():   # one run: item noise
                 e = np.full(T + 1, np.nan)
                 e[: se.shape[0]] = se[:, j]
                 bars = ok & ~np.isnan(e)
-                ax.errorbar(x[bars], y[bars], yerr=Z95 * e[bars], fmt="none", ecolor=colour[lab], elinewidth=1.1,
+                ax.errorbar(xs[bars], y[bars], yerr=clipped_bars(y[bars], Z95 * e[bars], score), fmt="none",
+                            ecolor=colour[lab], elinewidth=1.1,
                             capsize=3, alpha=0.8)
                 item_bars = True
             if len(g) > 1:
                 s = std[:, j]
                 band = ok & ~np.isnan(s)
-                ax.fill_between(x[band], (y - s)[band], (y + s)[band], color=colour[lab], alpha=0.15, lw=0)
+                ax.fill_between(xs[band], (y - s)[band], (y + s)[band], color=colour[lab], alpha=0.15, lw=0)
             if ok[j + 1]:
-                ax.plot([j + 1], [y[j + 1]], marker="*", ms=13, color=colour[lab], mec="black", mew=0.6, zorder=5)
+                ax.plot([xs[j + 1]], [y[j + 1]], marker="*", ms=13, color=colour[lab], mec="black", mew=0.6, zorder=5)
         for lab, final in ref_final.items():  # joint training: a level, not a curve over experiences
             ax.axhline(final[j], ls="--", lw=1.4, color=colour.get(lab, "0.3"), label=f"{lab} (upper bound)")
         ax.set_title(f"{task}  (trained in experience {j + 1}: {experiences[j]})", fontsize=10)
         ax.set_xticks(x, style.experience_ticks(experiences), fontsize=8)
         ax.set_xlim(-0.3, T + 0.3)
+        limits = flat_panel_limits(score, np.concatenate([stats[lab][0][:, j] for lab in groups]))
+        if limits:
+            ax.set_ylim(*limits)
         ax.yaxis.set_major_formatter(style.value_formatter(score))
         ax.set_ylabel(style.SCORE_AXIS[score], fontsize=9)
         ax.grid(alpha=0.3)

@@ -20,6 +20,7 @@ from clsharelora.training.results import read_items
 
 from . import stats
 from .runs import SCORES, Run
+from .tables import p_text, signed
 
 BOOTSTRAP_SAMPLES = 2000
 METRICS = ("acc", "bwt", "forgetting", "plasticity")
@@ -65,6 +66,38 @@ class RunItems:
             columns.append(col.T)  # (B, rows)
         out = np.stack(columns, axis=-1)  # (B, rows, T)
         return out[0] if index is None else out
+
+
+def task_options(tasks) -> dict[str, int]:
+    """Per scored task name (a column of R): its answer options when it is multiple choice (chance accuracy
+    = 1/options, from the evaluator's `max_options`: 4 for MMLU, at most 10 for MMLU-Pro); generation tasks
+    and unknown names have none."""
+    from clsharelora.errors import ConfigError
+    from clsharelora.evaluation.tasks import evaluator_class
+
+    out = {}
+    for task in tasks:
+        try:
+            options = getattr(evaluator_class(task), "max_options", None)
+        except ConfigError:
+            options = None
+        if options:
+            out[task] = int(options)
+    return out
+
+
+def chance_sentence(task: str, final_accuracy: dict[str, float], options: dict[str, int]) -> str | None:
+    """"At or below chance" for `task` naming the strategies whose final accuracy is <= 1/options, or None."""
+    if task not in options:
+        return None
+    chance = 1 / options[task]
+    low = {label: m for label, m in final_accuracy.items() if m <= chance}
+    if not low:
+        return None
+    named = ", ".join(f"{label} {m:.3f}" for label, m in low.items())
+    return (f"**At or below chance ({task})**: final accuracy {named}"
+            + f" against chance {chance:.3f} (1/{options[task]} options): {task}'s accuracy and its differences "
+            "measure guessing, not what was learned or forgotten; read its NLL instead.")
 
 
 def _paired(a: RunItems, b: RunItems) -> None:
@@ -148,6 +181,8 @@ class FinalRowTest:
     nll_difference: float               # a - b, token-weighted
     nll_low: float
     nll_high: float
+    accuracy: float | None = None            # a's and b's own final accuracy: is either above chance?
+    reference_accuracy: float | None = None
 
 
 def final_row_tests(a: RunItems, b: RunItems, *, seed: int = 0) -> list[FinalRowTest]:
@@ -157,13 +192,14 @@ def final_row_tests(a: RunItems, b: RunItems, *, seed: int = 0) -> list[FinalRow
     out = []
     for task in a.run.tasks:
         fa, fb = a.fields[task], b.fields[task]
-        acc, p = None, None
+        acc, p, acc_a, acc_b = None, None, None, None
         if "correct" in fa and "correct" in fb and np.isin(fa["correct"][-1], (0.0, 1.0)).all() \
                 and np.isin(fb["correct"][-1], (0.0, 1.0)).all():
-            acc = float(fa["correct"][-1].mean() - fb["correct"][-1].mean())
+            acc_a, acc_b = float(fa["correct"][-1].mean()), float(fb["correct"][-1].mean())
+            acc = acc_a - acc_b
             p = stats.mcnemar_pvalue(fa["correct"][-1] == 1, fb["correct"][-1] == 1)
         iv = stats.paired_bootstrap_nll(fa["nll_sum"][-1], fb["nll_sum"][-1], fa["nll_tokens"][-1], seed=seed)
-        out.append(FinalRowTest(task, acc, p, iv.mean, iv.low, iv.high))
+        out.append(FinalRowTest(task, acc, p, iv.mean, iv.low, iv.high, acc_a, acc_b))
     return out
 
 
@@ -196,7 +232,8 @@ def compare_pairs(pairs, reference: str, *, samples: int = BOOTSTRAP_SAMPLES) ->
             rows.append({**base, "kind": "final row", "score": "nll", "what": t.task, "difference": t.nll_difference,
                          "low": t.nll_low, "high": t.nll_high, "p_value": np.nan,
                          "resolved": t.nll_low > 0 or t.nll_high < 0,
-                         "accuracy_difference": t.accuracy_difference, "mcnemar_p": t.mcnemar_p})
+                         "accuracy_difference": t.accuracy_difference, "mcnemar_p": t.mcnemar_p,
+                         "accuracy": t.accuracy, "reference_accuracy": t.reference_accuracy})
     return pd.DataFrame(rows)
 
 
@@ -222,9 +259,38 @@ def item_level_sentences(table) -> list[str]:
         what = f"{r['what']} ({r['score']}), {r['label']} − {r['reference']}, seed {r['seed']}"
         if "order" in r and not pd.isna(r["order"]):
             what += f", order {int(r['order'])}"
-        ci = f"{r['difference']:+.4f} (95% item-bootstrap interval {r['low']:+.4f}..{r['high']:+.4f}, p = {r['p_value']:.3g})"
+        ci = (f"{signed(r['difference'])} (95% item-bootstrap interval {signed(r['low'])}..{signed(r['high'])}, "
+              f"{p_text(r['p_value'], BOOTSTRAP_SAMPLES)})")
         if r["resolved"]:
             out.append(f"**Beyond item noise**: {what}: {ci}.")
         else:
             out.append(f"Within item noise: {what}: {ci}; the scored items cannot tell these runs apart.")
+    return out
+
+
+def forgetting_intervals(items: RunItems, score: str, *, samples: int = BOOTSTRAP_SAMPLES,
+                         seed: int = 0) -> list[tuple[str, float, float, float]]:
+    """Does one run forget at all? (task, forgetting, low, high) per task learned before the last and for
+    their mean ("all"), with 95% bootstrap intervals over the scored items (evaluation noise only)."""
+    run = items.run
+    k = run.done
+    if k < 2:
+        return []
+    rng = np.random.default_rng(seed)
+    index = {t: rng.integers(0, items.fields[t]["nll_sum"].shape[1], size=(samples, items.fields[t]["nll_sum"].shape[1]))
+             for t in run.tasks}
+    higher = SCORES[score]
+
+    def drops(R: np.ndarray) -> np.ndarray:           # (B, rows, T) -> (B, k - 1)
+        earlier, final = R[:, 1:k, : k - 1], R[:, k, : k - 1]
+        return earlier.max(1) - final if higher else final - earlier.min(1)
+
+    point = drops(items.matrix(score)[None])[0]
+    boot = drops(items.matrix(score, index))
+    out = []
+    for j in range(k - 1):
+        low, high = np.quantile(boot[:, j], [0.025, 0.975])
+        out.append((run.tasks[j], float(point[j]), float(low), float(high)))
+    low, high = np.quantile(boot.mean(1), [0.025, 0.975])
+    out.append(("all", float(point.mean()), float(low), float(high)))
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import math
 import os
 import re
 import sys
@@ -24,14 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from clsharelora.errors import DataError, UserError
 
 from . import tables
-from .curves import plot_forgetting_curves
+from .curves import Z95, plot_forgetting_curves
 from .heatmaps import plot_heatmaps
-from .items import item_level_sentences, item_level_table
+from .items import (RunItems, chance_sentence, forgetting_intervals, item_level_sentences, item_level_table,
+                    task_options)
 from .runs import SCORES, Run, by_setting, by_strategy, load_runs, tidy
 from .seeds import paired_differences, seed_table, summarize_differences
 
@@ -128,6 +131,7 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     page = Page(title)
+    page.para(scope_line(runs))
     page.para(DEFINITIONS)
 
     page.heading(2, "Runs")
@@ -160,6 +164,8 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     for (stream, model), group in by_setting(runs).items():
         slug = _slug(stream, model)
         page.heading(2, f"Stream {stream} · model {model}")
+        for sentence in reference_regime_sentences(group) + chance_lines(group):
+            page.para(sentence)
         comp = tables.comparison_table(group)
         comparisons.append(comp)
         page.heading(3, "Comparison")
@@ -213,13 +219,82 @@ def build_report(runs: Sequence[Run], out: Path, title: str) -> Page:
     return page
 
 
+def scope_line(runs: Sequence[Run]) -> str:
+    """One line under the title: what runs like these can show and what they cannot, from their own sizes."""
+    seeds = max(len(g) for g in by_strategy(runs).values())
+    n = np.concatenate([r.n_items[np.isfinite(r.n_items)].ravel() for r in runs if r.n_items.size] or [np.zeros(0)])
+    n = n[n > 0]
+    sizes = (f"n = {int(n.min())}–{int(n.max())} scored items per task" if n.size and n.min() != n.max()
+             else f"n = {int(n.min())} scored items per task" if n.size else "an unrecorded number of items")
+    half = (f", so one accuracy's 95% interval is up to ±{100 * Z95 * math.sqrt(0.25 / n.min()):.0f} points wide"
+            if n.size else "")
+    return (f"**What this report can show**: that every strategy trains and is scored end to end, and the NLL "
+            f"forgetting signal with its 95% interval over the scored items. **What it cannot**: accuracy "
+            f"differences between strategies: {seeds} seed(s) per strategy and {sizes}{half}; "
+            f"{'no' if seeds == 1 else 'little'} training noise (seeds, task orders) is measured (`clsharelora "
+            "study` does that, docs/studies.md).")
+
+
+def reference_label(group: Sequence[Run]) -> str:
+    """The strategy the others are compared with: LoRA when present, else the first."""
+    labels = list(by_strategy([r for r in group if not r.is_reference]))
+    return "lora" if "lora" in labels else labels[0]
+
+
+def reference_regime_sentences(group: Sequence[Run]) -> list[str]:
+    """Does the reference forget at all (per task and overall, 95% interval over the scored items)? Where it
+    does not, "forgets less than the reference" is moot and the comparison is one of backward transfer."""
+    reference = reference_label(group)
+    out = []
+    for run in [r for r in group if r.label == reference and r.complete]:
+        items = RunItems.load(run)
+        if items is None:
+            continue
+        for score in [s for s in SCORES if s in run.matrices]:
+            try:
+                rows = forgetting_intervals(items, score, seed=run.seed)
+            except DataError:          # a task without per-item accuracy (scored by NLL only)
+                continue
+            if not rows:
+                continue
+            per = "; ".join(f"{t} {v:+.4f} ({lo:+.4f}..{hi:+.4f})" for t, v, lo, hi in rows if t != "all")
+            _, v, lo, hi = rows[-1]
+            what = (f"its {score} forgetting (seed {run.seed}) is {v:+.4f} (95% item interval {lo:+.4f}..{hi:+.4f}; "
+                    f"per task: {per})")
+            if not any(low > 0 for _, _, low, _ in rows):
+                out.append(f"**{reference} does not measurably forget here ({score})**: {what}. \"Forgets less "
+                           f"than {reference}\" is moot on this score: a lower forgetting below means more backward "
+                           "transfer, not less forgetting.")
+            else:
+                out.append(f"{reference} forgets ({score}): {what}.")
+    return out
+
+
+def chance_lines(group: Sequence[Run]) -> list[str]:
+    """Multiple-choice tasks whose final accuracy (mean over a strategy's complete runs) is at or below chance."""
+    done = [r for r in group if r.complete and "accuracy" in r.matrices and not r.is_reference]
+    options = task_options({t for r in done for t in r.tasks})
+    out = []
+    for task in sorted(options):
+        means = {}
+        for label, runs in by_strategy(done).items():
+            values = [r.matrices["accuracy"][-1, r.tasks.index(task)] for r in runs if task in r.tasks]
+            values = [v for v in values if not np.isnan(v)]
+            if values:
+                means[label] = float(np.mean(values))
+        sentence = chance_sentence(task, means, options)
+        if sentence:
+            out.append(sentence)
+    return out
+
+
 def _item_level(page: Page, group: Sequence[Run], slug: str):
     """Item-level section of one setting: each strategy against LoRA (or the first strategy) on runs of the
     same seed, from the per-item results the runs stored; None when no pair has items."""
     labels = list(by_strategy([r for r in group if not r.is_reference]))
     if len(labels) < 2:
         return None
-    reference = "lora" if "lora" in labels else labels[0]
+    reference = reference_label(group)
     table = item_level_table(group, reference)
     if not len(table):
         return None
@@ -235,8 +310,9 @@ def _item_level(page: Page, group: Sequence[Run], slug: str):
     final = table[table["kind"] == "final row"]
     if len(final):
         page.table(["strategy", "seed", "task", "final NLL diff", "95% item interval", "accuracy diff", "McNemar p"],
-                   [[r["label"], str(r["seed"]), r["what"], f"{r['difference']:+.4f}", f"{r['low']:+.4f}..{r['high']:+.4f}",
-                     "—" if pd.isna(r["accuracy_difference"]) else f"{r['accuracy_difference']:+.3f}",
+                   [[r["label"], str(r["seed"]), r["what"], tables.signed(r["difference"]),
+                     f"{tables.signed(r['low'])}..{tables.signed(r['high'])}",
+                     "—" if pd.isna(r["accuracy_difference"]) else tables.signed(r["accuracy_difference"]),
                      "—" if pd.isna(r["mcnemar_p"]) else f"{r['mcnemar_p']:.3g}"] for _, r in final.iterrows()])
     return table.assign(setting=slug)
 

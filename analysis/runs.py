@@ -64,6 +64,8 @@ class Run:
     protocols: dict[str, str] = field(default_factory=dict, repr=False)
     #: score -> standard errors over items of each R entry (same shape; NaN where the run stored none)
     errors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: items scored in each R entry (NaN where the run did not say)
+    n_items: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
 
     @property
     def T(self) -> int:
@@ -244,7 +246,8 @@ def load_run(path: str | Path) -> Run:
     first_row = scores[0] if isinstance(scores, list) and scores and isinstance(scores[0], list) else []
     protocols = {c["task"]: c["protocol"] for c in first_row
                  if isinstance(c, dict) and isinstance(c.get("task"), str) and isinstance(c.get("protocol"), str)}
-    errors = {score: _standard_errors(scores, score, m.shape) for score, m in mats.items()}
+    errors = {score: _cell_field(scores, f"{score}_se", m.shape) for score, m in mats.items()}
+    n_items = _cell_field(scores, "n", next(iter(mats.values())).shape) if mats else np.zeros((0, T))
 
     return Run(
         path=file.parent,
@@ -263,17 +266,19 @@ def load_run(path: str | Path) -> Run:
         synthetic=run.get("synthetic") is True,
         protocols=protocols,
         errors=errors,
+        n_items=n_items,
     )
 
 
-def _standard_errors(scores: Any, score: str, shape: tuple[int, int]) -> np.ndarray:
-    """The `<score>_se` of every cell of results.json `scores` as a matrix; NaN where absent or malformed."""
+def _cell_field(scores: Any, key: str, shape: tuple[int, int]) -> np.ndarray:
+    """Field `key` (e.g. `accuracy_se`, `n`) of every cell of results.json `scores` as a matrix; NaN where
+    absent or malformed."""
     out = np.full(shape, np.nan)
     if not isinstance(scores, list):
         return out
     for i, row in enumerate(scores[: shape[0]]):
         for j, cell in enumerate(row[: shape[1]] if isinstance(row, list) else []):
-            v = cell.get(f"{score}_se") if isinstance(cell, dict) else None
+            v = cell.get(key) if isinstance(cell, dict) else None
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 out[i, j] = float(v)
     return out

@@ -25,10 +25,12 @@ import pandas as pd  # noqa: E402
 
 from clsharelora import metrics  # noqa: E402
 from clsharelora.errors import DataError  # noqa: E402
+from clsharelora.study.runner import recorded_seconds  # noqa: E402
 
 from . import stats  # noqa: E402
-from .items import compare_pairs  # noqa: E402
+from .items import chance_sentence, compare_pairs, task_options  # noqa: E402
 from .runs import SCORES, Run, load_run  # noqa: E402
+from .tables import signed  # noqa: E402
 
 GRID = "grid.json"
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "plasticity")
@@ -158,23 +160,127 @@ def verdicts(pairs: pd.DataFrame) -> list[str]:
                        f"{r['boot_high']:+.4f}, sign-flip p = {r['p_value']:.3g}, {r['pairs']} pairs): "
                        f"{_better(r['metric'], r['score'], r['mean_difference'])}.")
         else:
-            floor = 2 / 2 ** r["pairs"]   # the smallest two-sided sign-flip p-value with this many pairs
-            why = (f"with {r['pairs']} pairs the sign-flip test cannot go below p = {floor:.3g} (6 pairs are "
-                   "needed for p < 0.05)") if floor >= 0.05 else (
-                f"with {r['pairs']} pairs the study detects (80% power) only differences of about "
-                f"{'∞' if math.isinf(r['mde']) else format(r['mde'], '.4f')} or more")
+            why = (f"with {r['pairs']} pair(s) no test can resolve anything" if r["pairs"] < 2 else
+                   f"with {r['pairs']} pairs the study detects (80% power, paired t test) only differences of "
+                   f"about {r['mde']:.4f} or more")
             out.append(f"Not resolved: {what}: difference {r['mean_difference']:+.4f} "
                        f"(95% t CI {r['t_low']:+.4f}..{r['t_high']:+.4f}, p = {r['p_value']:.3g}); {why}.")
     return out
 
 
+def reference_regime(table: pd.DataFrame, tasks: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Does the reference forget at all? Per score: its forgetting per task name and overall (each cell's
+    mean forgetting) with a 95% t interval over its cells; `forgets` when the interval lies above zero.
+    Where it does not, "forgets less than the reference" has nothing to be less than."""
+    rows = []
+    ref_cells, ref_tasks = table[table["label"] == reference], tasks[tasks["label"] == reference]
+    for score in ref_cells["score"].unique():
+        parts = [("all", ref_cells[ref_cells["score"] == score]["forgetting"])]
+        t = ref_tasks[ref_tasks["score"] == score]
+        parts += [(task, g["forgetting"]) for task, g in t.groupby("task", sort=True)]
+        for task, values in parts:
+            v = values.dropna().to_numpy()
+            if v.size == 0:
+                continue
+            iv = stats.t_interval(v)
+            rows.append({"score": score, "task": task, "mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n,
+                         "forgets": bool(iv.n > 1 and iv.low > 0)})
+    return pd.DataFrame(rows, columns=["score", "task", "mean", "low", "high", "n", "forgets"])
+
+
+def moot_scores(regime: pd.DataFrame) -> set[str]:
+    """Scores on which the reference forgets neither overall nor on any task."""
+    return {score for score, g in regime.groupby("score") if not g["forgets"].any()}
+
+
+def regime_sentences(regime: pd.DataFrame, reference: str) -> list[str]:
+    out = []
+    for score, g in regime.groupby("score", sort=False):
+        overall = g[g["task"] == "all"].iloc[0]
+        per = "; ".join(f"{r['task']} {r['mean']:+.4f} ({r['low']:+.4f}..{r['high']:+.4f})"
+                        for _, r in g[g["task"] != "all"].iterrows())
+        what = (f"its {score} forgetting is {overall['mean']:+.4f} (95% t CI {overall['low']:+.4f}.."
+                f"{overall['high']:+.4f}, {overall['n']} cells; per task: {per})")
+        if not g["forgets"].any():
+            below = ("; below zero: later experiences improved the earlier tasks" if overall["high"] < 0 else "")
+            out.append(f"**{reference} does not measurably forget here ({score})**: {what}{below}. \"Does a "
+                       f"strategy forget less than {reference}?\" is moot on this score: the differences below "
+                       "compare backward transfer (below zero = more backward transfer than "
+                       f"{reference}), not less forgetting.")
+        else:
+            which = ", ".join(g[g["forgets"] & (g["task"] != "all")]["task"]) or "overall only"
+            out.append(f"{reference} forgets ({score}): {what}; resolved above zero for: {which}.")
+    return out
+
+
+def chance_sentences(items: pd.DataFrame, options: dict[str, int], reference: str) -> list[str]:
+    """Tasks whose final accuracy (mean over cells, per strategy) is at or below chance, 1/options."""
+    if not len(items) or "accuracy" not in items:
+        return []
+    final = items[(items["kind"] == "final row") & items["accuracy"].notna()]
+    out = []
+    for task, g in final.groupby("what", sort=False):
+        means = {reference: float(g["reference_accuracy"].mean()),
+                 **{label: float(h["accuracy"].mean()) for label, h in g.groupby("label", sort=False)}}
+        sentence = chance_sentence(task, means, options)
+        if sentence:
+            out.append(sentence)
+    return out
+
+
+def order_table(table: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Task order as a factor: per strategy, score, metric and order, the paired difference against the
+    reference with its own t interval over seeds, and the order x strategy interaction test (do the paired
+    differences share one mean across orders? `stats.group_difference_pvalue`) with its smallest possible p."""
+    rows = []
+    ref = table[table["label"] == reference].set_index(["score", "seed", "order"])
+    for label in [lab for lab in table["label"].unique() if lab != reference]:
+        mine = table[table["label"] == label].set_index(["score", "seed", "order"])
+        for (score, m) in [(sc, m) for sc in mine.index.get_level_values(0).unique() for m in SUMMARY_METRICS]:
+            if score not in ref.index.get_level_values(0):
+                continue
+            d = (mine.loc[score][m] - ref.loc[score][m]).dropna()
+            if d.empty:
+                continue
+            orders = d.index.get_level_values("order").to_numpy()
+            p, floor = stats.group_difference_pvalue(d.to_numpy(), orders) if len(d) > 1 else (1.0, 1.0)
+            for k in sorted(set(orders)):
+                iv = stats.t_interval(d[orders == k].to_numpy())
+                rows.append({"label": label, "score": score, "metric": m, "order": int(k), "pairs": iv.n,
+                             "mean_difference": iv.mean, "t_low": iv.low, "t_high": iv.high,
+                             "interaction_p": p, "interaction_floor": floor})
+    return pd.DataFrame(rows)
+
+
+def orders_agree(by_order: pd.DataFrame, pooled_mean: float) -> bool:
+    """A pooled statement is made only where orders agree: every order's mean difference has the pooled
+    sign and the interaction test does not reject at 5%."""
+    if len(by_order) < 2:
+        return True
+    same_sign = bool((np.sign(by_order["mean_difference"]) == np.sign(pooled_mean)).all())
+    return same_sign and float(by_order["interaction_p"].iloc[0]) >= 0.05
+
+
+def order_sentence(by_order: pd.DataFrame) -> str:
+    per = "; ".join(f"order {int(r['order'])}: {signed(r['mean_difference'])} ({signed(r['t_low'])}..{signed(r['t_high'])}, "
+                    f"{int(r['pairs'])} pairs)" for _, r in by_order.iterrows())
+    first = by_order.iloc[0]
+    weak = (": it cannot reject at 5% with this design, so agreement rests on the signs alone"
+            if first["interaction_floor"] >= 0.05 else "")
+    return (f"Per order: {per}; order x strategy interaction: permutation p = {first['interaction_p']:.3g} "
+            f"(the smallest p this design can give is {first['interaction_floor']:.3g}{weak}).")
+
+
 HEADLINE = "forgetting"   # the study's question: does a strategy forget less than the reference?
 
 
-def headline(pairs: pd.DataFrame, summary: pd.DataFrame, reference: str) -> list[str]:
+def headline(pairs: pd.DataFrame, summary: pd.DataFrame, reference: str, moot: set[str] = frozenset(),
+             by_order: pd.DataFrame | None = None) -> list[str]:
     """The answer to the study's question, one sentence per strategy and score: its forgetting against the
     reference's, at what parameter cost, resolved or not, and (when not) the smallest difference the study
-    could have detected and the range its interval still allows."""
+    could have detected and the range its interval still allows. On a score where the reference does not
+    forget (`moot`) a resolved difference is named backward transfer; where task orders disagree no pooled
+    verdict is given, only the per-order intervals."""
     params = {(r["label"], r["score"]): r["trainable_params"] for _, r in summary.iterrows()}
     plastic = {(r["label"], r["score"]): r for _, r in pairs[pairs["metric"] == "plasticity"].iterrows()}
     out = []
@@ -186,8 +292,18 @@ def headline(pairs: pd.DataFrame, summary: pd.DataFrame, reference: str) -> list
                 f"forgetting minus {reference}'s = {r['mean_difference']:+.4f} (95% t CI {r['t_low']:+.4f}.."
                 f"{r['t_high']:+.4f}, bootstrap {r['boot_low']:+.4f}..{r['boot_high']:+.4f}, sign-flip p = "
                 f"{r['p_value']:.3g}, {r['pairs']} seed x order pairs)")
+        orders = (by_order[(by_order["label"] == r["label"]) & (by_order["score"] == r["score"])
+                           & (by_order["metric"] == HEADLINE)] if by_order is not None and len(by_order) else None)
+        agree = orders is None or orders_agree(orders, r["mean_difference"])
         if r["mean_difference"] == 0 and r["t_low"] == r["t_high"] == 0:
             out.append(f"{head}: identical in every pair.")
+        elif not agree:
+            out.append(f"{head}: **the task orders disagree**, so no pooled verdict: read each order's own "
+                       "interval.")
+        elif r["resolved"] and r["score"] in moot:
+            word = "more" if r["mean_difference"] < 0 else "less"
+            out.append(f"{head}: **resolved: {word} backward transfer** than {reference} (which does not forget "
+                       "here, so this is not less or more forgetting).")
         elif r["resolved"]:
             word = "less" if r["mean_difference"] < 0 else "more"
             out.append(f"{head}: **resolved, it forgets {word}** than {reference}.")
@@ -195,11 +311,13 @@ def headline(pairs: pd.DataFrame, summary: pd.DataFrame, reference: str) -> list
             mde = "∞" if math.isinf(r["mde"]) else f"{r['mde']:.4f}"
             out.append(f"{head}: not resolved. At this size the study detects (80% power) a difference of "
                        f"{mde} or more; the interval allows anything from {r['t_low']:+.4f} to {r['t_high']:+.4f}.")
+        if orders is not None and len(orders) > 1:
+            out[-1] += " " + order_sentence(orders)
         p = plastic.get((r["label"], r["score"]))
         if p is not None:   # forgetting less by learning less is no win (Biderman et al. 2024)
             learns = ("it learns less" if p["mean_difference"] < 0 else "it learns more") if p["resolved"] else "not resolved"
             out[-1] += (f" Plasticity (how much each task improved when trained) minus {reference}'s = "
-                        f"{p['mean_difference']:+.4f} (95% t CI {p['t_low']:+.4f}..{p['t_high']:+.4f}, p = "
+                        f"{signed(p['mean_difference'])} (95% t CI {signed(p['t_low'])}..{signed(p['t_high'])}, p = "
                         f"{p['p_value']:.3g}): {learns}.")
     return out
 
@@ -263,13 +381,7 @@ def plot_params_vs_forgetting(summary: pd.DataFrame, score: str, out: Path) -> P
 def _timing(root: Path) -> str:
     """How long the study took: timing.json's sessions (written by `clsharelora study`). File times are no
     substitute: a resumed study rewrites grid.json, so their span can even come out negative."""
-    status = root / "status.tsv"
-    cell_s = 0.0
-    if status.is_file():
-        for line in status.read_text().splitlines()[1:]:
-            parts = line.split("\t")
-            if len(parts) == 3 and parts[2]:
-                cell_s += float(parts[2])
+    cell_s = sum(recorded_seconds(root).values())
     cells = f"; the cells' own run times sum to {cell_s / 60:.1f} min" if cell_s else ""
     try:
         timing = json.loads((root / "timing.json").read_text())
@@ -283,14 +395,21 @@ def _timing(root: Path) -> str:
     return f"Wall time: not recorded (no readable timing.json){cells}."
 
 
-def setup_lines(root: Path, grid: dict) -> list[str]:
-    """What each cell trained on and how each task was scored, read from the study's own stream file
-    (streams/order0.yaml), so the doc says e.g. that generation tasks were scored by NLL only."""
+def _study_stream(root: Path) -> dict | None:
+    """The study's stream file in order 0 (streams/order0.yaml), or None when unreadable."""
     import yaml
 
     try:
-        stream = yaml.safe_load((root / "streams" / "order0.yaml").read_text())
+        return yaml.safe_load((root / "streams" / "order0.yaml").read_text())
     except (OSError, yaml.YAMLError):
+        return None
+
+
+def setup_lines(root: Path, grid: dict) -> list[str]:
+    """What each cell trained on and how each task was scored, read from the study's own stream file
+    (streams/order0.yaml), so the doc says e.g. that generation tasks were scored by NLL only."""
+    stream = _study_stream(root)
+    if stream is None:
         return []
     lines = [f"Setup ({grid.get('description') or stream.get('description', '')}); per experience, from the "
              "study's stream file:"]
@@ -328,6 +447,8 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
     tasks = per_task_table(cells)
     summary = strategy_summary(table)
     pairs = paired_table(table, reference)
+    by_order = order_table(table, reference)
+    regime = reference_regime(table, tasks, reference)
     items = item_pairs(cells, reference)
     if len(items):
         items.to_csv(out / "item_level.csv", index=False)
@@ -338,6 +459,8 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
     tasks.to_csv(out / "per_task.csv", index=False)
     summary.to_csv(out / "strategies.csv", index=False)
     pairs.to_csv(out / "paired.csv", index=False)
+    by_order.to_csv(out / "paired_by_order.csv", index=False)
+    regime.to_csv(out / "reference_forgetting.csv", index=False)
 
     page = Page(title)
     page.para(f"Study {grid['name']}: {len(grid['strategies'])} strategies x {len(grid['seeds'])} seeds x "
@@ -350,14 +473,18 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
         page.para(setup[0])
         page.para("\n".join(setup[1:]))
     page.heading(2, "Answer")
+    options = task_options(sorted({t for c in cells for t in c.run.tasks}))
+    for sentence in regime_sentences(regime, reference) + chance_sentences(items, options, reference):
+        page.para(sentence)
     page.para(f"The question: does a strategy forget less than {reference}, and at what parameter cost? Forgetting "
               "of a task is how far its score fell from its best value over the earlier experiences to the end of the "
               "stream, averaged "
               "over the tasks learned before the last; positive is worse for both scores (for NLL, lower is "
               "better, so forgetting is the rise in NLL). A difference below zero means less forgetting than "
-              f"{reference}. Pairs are cells with the same seed and task order; a difference is resolved when the "
-              "t and bootstrap intervals exclude zero and the sign-flip test gives p < 0.05.")
-    for sentence in headline(pairs, summary, reference):
+              f"{reference}. Pairs are cells with the same seed and task order. One test is pre-declared: a difference "
+              "is resolved when its 95% paired t interval excludes zero; the MDE printed is that test's (80% "
+              "power, simulated). The bootstrap interval and the sign-flip p-value are descriptive.")
+    for sentence in headline(pairs, summary, reference, moot_scores(regime), by_order):
         page.para(sentence)
     page.heading(3, "Every paired comparison in words")
     for sentence in verdicts(pairs):
@@ -375,6 +502,17 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
                [[r["label"], r["score"], r["metric"], str(r["pairs"]), f"{r['mean_difference']:+.4f}",
                  f"{r['t_low']:+.4f}..{r['t_high']:+.4f}", f"{r['boot_low']:+.4f}..{r['boot_high']:+.4f}",
                  f"{r['p_value']:.3g}", f"{r['mde']:.4f}", "yes" if r["resolved"] else "no"] for _, r in pairs.iterrows()])
+    if len(by_order) and by_order["order"].nunique() > 1:
+        page.heading(2, "By task order (order as a factor)")
+        page.para("Orders are not seeds: each order's paired difference has its own t interval over seeds, and "
+                  "a permutation test asks whether the orders share one mean difference (order x strategy "
+                  "interaction). The answer above pools orders only where every order has the pooled sign and "
+                  "that test does not reject; with few pairs per order its smallest possible p is printed too.")
+        page.table(["strategy", "score", "metric", "order", "pairs", "mean diff", "t CI", "interaction p (floor)"],
+                   [[r["label"], r["score"], r["metric"], str(r["order"]), str(r["pairs"]),
+                     signed(r["mean_difference"]), f"{signed(r['t_low'])}..{signed(r['t_high'])}",
+                     f"{r['interaction_p']:.3g} ({r['interaction_floor']:.3g})"]
+                    for _, r in by_order.iterrows()])
     if len(items):
         page.heading(2, "Evaluation noise against training noise (item level)")
         page.para("Every cell stored its per-item results, so each pair's difference is also tested against the "
@@ -393,7 +531,7 @@ def build_study_report(root: Path, out: Path, title: str, reference: str | None 
         final = items[(items["kind"] == "final row") & items["mcnemar_p"].notna()] if "mcnemar_p" in items else items[:0]
         if len(final):
             page.table(["strategy", "task", "pairs", "mean accuracy diff (final row)", "pairs with McNemar p < 0.05"],
-                       [[label, task, str(len(g)), f"{g['accuracy_difference'].mean():+.4f}",
+                       [[label, task, str(len(g)), signed(g["accuracy_difference"].mean()),
                          f"{int((g['mcnemar_p'] < 0.05).sum())}/{len(g)}"]
                         for (label, task), g in final.groupby(["label", "what"], sort=False)])
     page.heading(2, "Figures")

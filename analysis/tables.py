@@ -100,6 +100,25 @@ def _fmt_signed(digits: int) -> Callable[[float], str]:
     return lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.{digits}f}"
 
 
+def signed(v: float, digits: int = 4) -> str:
+    """A difference with its sign and enough digits: one that rounds to 0 at `digits` decimals but is not 0
+    is written in scientific notation (never "+0.0000" for a real difference); 0 (to 1e-12) is "0"."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if abs(v) < 1e-12:   # float noise of a mean of zeros
+        return "0"
+    return f"{v:+.{digits}f}" if round(abs(v), digits) > 0 else f"{v:+.2e}"
+
+
+def p_text(p: float, samples: int | None = None) -> str:
+    """`p = …`, or `p < 2/samples` when a resampling test saw no resample cross 0 (never "p = 0")."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "p = —"
+    if p == 0 and samples:
+        return f"p < {2 / samples:.2g}"
+    return f"p = {p:.3g}"
+
+
 def _fmt_int(v: float) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{int(round(v)):,}"
 

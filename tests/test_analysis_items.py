@@ -129,3 +129,20 @@ def test_runs_on_different_items_are_refused(tmp_path):
         write_items(d, i, row, {t: [f"other-{k}" for k in range(len(row[t]["nll_sum"]))] for t in TASKS})
     with pytest.raises(DataError, match="different t1 items"):
         compare_metrics(RunItems.load(a), RunItems.load(load_run(d)), "nll", samples=10)
+
+
+def test_a_single_runs_reference_regime_is_tested_per_task_and_overall(tmp_path):
+    """The single-run report first asks whether the reference forgets at all (item-level 95% intervals):
+    no later-task shift -> "does not measurably forget"; a shift -> "forgets". Before, it never asked."""
+    from clsharelora.analysis.items import forgetting_intervals
+    from clsharelora.analysis.report import reference_regime_sentences
+
+    flat = write(tmp_path, "flat", make_items(np.random.default_rng(5)))
+    rows = forgetting_intervals(RunItems.load(flat), "nll", samples=500)
+    want = metrics.forgetting_per_task(flat.matrices["nll"], higher_is_better=False)
+    np.testing.assert_allclose([v for t, v, _, _ in rows if t != "all"], want[:2], rtol=1e-12)
+    assert [t for t, *_ in rows] == ["t1", "t2", "all"]
+    text = " ".join(reference_regime_sentences([flat]))
+    assert "**lora does not measurably forget here (nll)**" in text and "moot on this score" in text
+    forgets = write(tmp_path / "f", "forgets", make_items(np.random.default_rng(5), shift=0.5))
+    assert "lora forgets (nll): its nll forgetting (seed 0) is +0.5" in " ".join(reference_regime_sentences([forgets]))

@@ -259,3 +259,44 @@ def test_fixture_runs_are_written_through_the_results_store_and_reported_as_synt
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
     assert "**Synthetic runs**" in (tmp_path / "rep" / "report.md").read_text()
     assert "SYNTHETIC" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_the_report_says_under_its_title_what_it_can_and_cannot_show(report):
+    """One line under the title, from the runs' own sizes (fake runs: 50 items, one seed)."""
+    md = (report / "report.md").read_text()
+    first = md.split("\n\n")[1]
+    assert first.startswith("**What this report can show**: that every strategy trains and is scored end to end, "
+                            "and the NLL forgetting signal")
+    assert "1 seed(s) per strategy and n = 50 scored items per task, so one accuracy's 95% interval is up to ±14 " \
+           "points wide" in first
+
+
+def test_flat_accuracy_panels_get_the_whole_axis_and_bars_stay_in_range():
+    from clsharelora.analysis.curves import clipped_bars, flat_panel_limits
+
+    assert flat_panel_limits("accuracy", np.array([0.0, 0.0, np.nan])) == (-0.05, 1.05)
+    assert flat_panel_limits("accuracy", np.array([0.0, 0.1])) is None
+    assert flat_panel_limits("nll", np.array([2.0, 2.0])) is None
+    bars = clipped_bars(np.array([0.0, 0.05, 0.5, 0.98]), np.full(4, 0.1), "accuracy")
+    np.testing.assert_allclose(bars, [[0.0, 0.05, 0.1, 0.1], [0.1, 0.1, 0.1, 0.02]])
+    np.testing.assert_allclose(clipped_bars(np.array([0.05]), np.array([0.1]), "nll"), [[0.05], [0.1]])
+
+
+def test_differences_print_with_enough_digits_and_no_p_of_zero():
+    from clsharelora.analysis.tables import p_text, signed
+
+    assert signed(3e-6) == "+3.00e-06" and signed(-0.01234) == "-0.0123" and signed(-1e-17) == "0"
+    assert p_text(0.0, 2000) == "p < 0.001" and p_text(0.0312) == "p = 0.0312"
+
+
+def test_single_run_report_names_tasks_at_or_below_chance(tmp_path):
+    """MMLU at 0.20 accuracy (4 options: chance 0.25) is named with its chance level; MMLU-Pro at 0.9 and the
+    generation tasks are not. Before, the report printed accuracy differences there without a word."""
+    from clsharelora.analysis.report import chance_lines
+
+    R = [row[:] for row in LORA]
+    R[-1][2], R[-1][3] = 0.20, 0.9
+    write_run(tmp_path, "r", R, _nll(R))
+    text = " ".join(chance_lines(load_runs([tmp_path / "r"])))
+    assert text.startswith("**At or below chance (mmlu)**: final accuracy lora 0.200 against chance 0.250 (1/4 options)")
+    assert "mmlu_pro" not in text and "gsm8k" not in text

@@ -63,6 +63,20 @@ def test_orders_are_seeded_permutations_starting_with_the_stream_order(tmp_path)
     assert [e["name"] for e in study.stream_for(1)["experiences"]] == ["mmlu", "gsm8k"]
 
 
+def test_orders_can_be_every_cyclic_rotation(tmp_path):
+    """Three or more orders, each task once in each position (before: rotations was an unknown spec)."""
+    (tmp_path / "stream3.yaml").write_text(STREAM + """  - name: code
+    train: {benchmark: codealpaca, split: train, n: 4, max_steps: 2, max_length: 256}
+    eval: {task: humaneval, n: 2, generate: false}
+""")
+    (tmp_path / "base.yaml").write_text(BASE.format(stream=tmp_path / "stream3.yaml"))
+    (tmp_path / "study.yaml").write_text(f"name: tiny\nbase: {tmp_path / 'base.yaml'}\nstrategies: [lora]\n"
+                                         "seeds: [0]\norders: {rotations: all}\n")
+    study = load_study(tmp_path / "study.yaml")
+    assert study.orders == (("gsm8k", "mmlu", "code"), ("mmlu", "code", "gsm8k"), ("code", "gsm8k", "mmlu"))
+    assert len(study.cells) == 3
+
+
 def test_a_strategy_mapping_keeps_the_base_options_its_adapter_knows(tmp_path):
     """A matched-LoRA control must match at the base's rank: {name: lora, match: share_a} keeps r."""
     path = write_study(tmp_path, "strategies: [{label: matched, adapter: {name: lora, match: share_a}}]\nseeds: [0]\n")
@@ -76,6 +90,7 @@ def test_a_strategy_mapping_keeps_the_base_options_its_adapter_knows(tmp_path):
     ("strategies: [lora]\nseeds: [0]\norders: {explicit: [[gsm8k, code]]}\n", "is not a permutation"),
     ("strategies: [nosuch]\nseeds: [0]\n", "unknown adapter strategy 'nosuch'"),
     ("strategies: [lora]\nseeds: [0]\nsedes: [1]\n", "unknown key 'sedes'"),
+    ("strategies: [lora]\nseeds: [0]\norders: {rotations: 2}\n", "rotations must be 'all'"),
 ])
 def test_bad_study_files_are_one_error_and_write_nothing(tmp_path, capsys, body, message):
     path = write_study(tmp_path, body)
@@ -135,3 +150,22 @@ def test_jobs_2_equals_jobs_1_and_a_killed_study_resumes_to_the_same_results(tmp
     assert not (doc.parent / "study" / "report.html").exists()
     for name in ("grid.json", "status.tsv", "timing.json"):   # the study's record travels with its summary
         assert (doc.parent / "study" / name).read_bytes() == (tmp_path / "j1" / name).read_bytes()
+
+
+def test_a_resume_with_nothing_to_run_keeps_each_cells_time(tmp_path):
+    """status.tsv is rewritten whole each session: a later --resume that runs no cell used to blank every
+    cell's seconds (the committed cpu-study status.tsv had an empty time for all 30 cells)."""
+    from clsharelora.study.runner import _prepare_dir, cell_paths, recorded_seconds, run_study
+
+    path = write_study(tmp_path, "strategies: [lora, 'sharelora:share_a']\nseeds: [0]\n")
+    root = tmp_path / "out"
+    study = load_study(path)
+    _prepare_dir(study, root, resume=False)
+    for cell in study.cells:   # the runner's bookkeeping only reads results.json's "complete"
+        run = cell_paths(root, cell)["run"]
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"complete": True}))
+    earlier = {c.key: 10.5 + i for i, c in enumerate(study.cells)}
+    (root / "status.tsv").write_text("cell\tstate\tseconds\n" + "".join(f"{k}\tdone\t{s}\n" for k, s in earlier.items()))
+    assert run_study(path, root, resume=True, progress=False) == 0
+    assert recorded_seconds(root) == earlier

@@ -11,6 +11,7 @@ strategies:                        # compare's specs (strategy_specs.py), or a m
   - {label: lora-matched, adapter: {name: lora, match: share_a}}
 seeds: [0, 1, 2]
 orders: {permutations: 2, seed: 0}  # or {explicit: [[gsm8k, code, mmlu, mmlu_pro], [mmlu, gsm8k, ...]]}
+                                    # or {rotations: all}: every cyclic rotation (each task once per position)
 ```
 
 Orders name experiences of the base stream. `permutations: k` draws k distinct seeded permutations, the
@@ -124,8 +125,15 @@ def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
 def _orders(spec: Any, names: list[str], where: str) -> tuple[tuple[str, ...], ...]:
     if spec is None:
         return (tuple(names),)
-    if not isinstance(spec, dict) or len(set(spec) & {"explicit", "permutations"}) != 1:
-        raise ConfigError(f"{where}: give either {{explicit: [[...], ...]}} or {{permutations: K, seed: S}}")
+    if not isinstance(spec, dict) or len(set(spec) & {"explicit", "permutations", "rotations"}) != 1:
+        raise ConfigError(f"{where}: give one of {{explicit: [[...], ...]}}, {{permutations: K, seed: S}} or "
+                          "{rotations: all}")
+    if "rotations" in spec:
+        # every cyclic rotation of the stream's order: each task once in each position (a Latin square),
+        # so order effects are not confounded with where a task sits
+        if spec["rotations"] != "all":
+            raise ConfigError(f"{where}.rotations must be 'all' (every cyclic rotation), got {spec['rotations']!r}")
+        return tuple(tuple(names[i:] + names[:i]) for i in range(len(names)))
     if "explicit" in spec:
         orders = spec["explicit"]
         if not isinstance(orders, list) or not orders:

@@ -78,6 +78,24 @@ def _prepare_dir(study: Study, root: Path, resume: bool) -> None:
                                            "seeds": list(study.seeds), "cells": cells})
 
 
+def recorded_seconds(root: Path) -> dict[str, float]:
+    """Each cell's run time from an earlier session's status.tsv, so a resumed session that does not re-run
+    a cell keeps its time (status.tsv is rewritten whole; without this a no-op resume blanked every time)."""
+    try:
+        lines = (root / "status.tsv").read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[2]:
+            try:
+                out[parts[0]] = float(parts[2])
+            except ValueError:
+                continue
+    return out
+
+
 def _write_status(root: Path, study: Study, seconds: dict[str, float], failed: dict[str, str]) -> None:
     lines = ["cell\tstate\tseconds"]
     for cell in study.cells:
@@ -129,7 +147,8 @@ def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool 
     lock.flush()
     cpus = usable_cpus()
     todo = [c for c in study.cells if cell_state(cell_paths(root, c)["run"]) != "done"]
-    seconds: dict[str, float] = {}
+    seconds = {key: s for key, s in recorded_seconds(root).items() if key not in {c.key for c in todo}}
+    ran = 0
     failed: dict[str, str] = {}
     bar = tqdm(total=len(study.cells), initial=len(study.cells) - len(todo), desc=f"study {study.name}",
                unit="cell", disable=not progress, dynamic_ncols=True)
@@ -140,11 +159,13 @@ def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool 
                             "cpu": read_cpuinfo()[0] or "unknown"})
 
     def done(job: RunJob, code: int, took: float) -> None:
+        nonlocal ran
         seconds[job.key] = took
+        ran += 1
         if code != 0 or cell_state(job.run_dir) != "done":
             failed[job.key] = f"failed (exit {code}, see {job.log})"
         _write_status(root, study, seconds, failed)
-        timing.update(len(seconds))
+        timing.update(ran)
         bar.update(1)
 
     try:
@@ -154,7 +175,7 @@ def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool 
     finally:
         bar.close()
         _write_status(root, study, seconds, failed)
-        timing.update(len(seconds), finished=True)
+        timing.update(ran, finished=True)
         lock.close()
     for key, why in failed.items():
         print(f"error: cell {key} {why}", file=sys.stderr)
