@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, did_you_mean
+from .textfiles import decode_utf8
 
 
 @dataclass
@@ -137,15 +138,38 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     return config
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error naming both lines
+    (PyYAML keeps the later value silently: a config with two `lr:` would run with whichever came last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *base` may override, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice, on lines {first_line[key]} and {line}; keep one",
+                            key_node.start_mark)
+                    first_line[key] = line
+                except TypeError:   # an unhashable key: PyYAML's own error follows
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping; syntax errors name the file, line and column."""
+    """Parse a UTF-8 YAML mapping; syntax errors, undecodable bytes and duplicate keys name the file and line."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(decode_utf8(path.read_bytes(), path, ConfigError), Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -164,7 +188,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set expects KEY=VALUE (e.g. adapter.r=64), got {assignment!r}")
     key, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")
