@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .pathsafe import check_inside, check_name
 
 EPILOG = """examples:
   clsharelora run --stream streams/demo.yaml --strategy sharelora --model smollm2-135m --out runs/demo-sharelora
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args, *, adapter: str | None = None, variant: str | None = None, cl: str | None = None,
                       out: str | None = None, name: str | None = None):
     from . import config as cfgmod
+    from .benchmarks.stream import load_stream
 
     data = cfgmod.load_yaml(args.config) if args.config else {}
     for key in ("stream", "model", "seed", "device"):
@@ -110,7 +112,9 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
         data["name"] = name
     for assignment in args.overrides:
         cfgmod.apply_override(data, assignment)
-    return cfgmod.from_dict(data)
+    config = cfgmod.from_dict(data)
+    load_stream(config.stream)   # stream errors too before torch is imported (prepare loads it again)
+    return config
 
 
 def _switch(block, name: str, kind: str) -> dict:
@@ -174,10 +178,18 @@ def parse_strategy_spec(spec: str) -> tuple[str, str | None, str | None]:
 def _cmd_compare(args) -> int:
     specs = [parse_strategy_spec(s) for s in args.strategies.split(",")]
     configs = []
-    for adapter, variant, cl in specs:
+    labels = []
+    for spec, (adapter, variant, cl) in zip(args.strategies.split(","), specs):
         label = adapter + (f"-{variant}" if variant else "") + (f"-{cl}" if cl else "")
+        check_name(label, "strategy label", f"from --strategies entry {spec.strip()!r}")
+        if label in labels:
+            raise UserError(f"--strategies: {spec.strip()!r} gives the run folder {label!r} a second time; "
+                            "give each strategy once")
+        labels.append(label)
+        check_inside(Path(args.out) / label, args.out, f"run folder of {spec.strip()!r}:")
         configs.append(_config_from_args(args, adapter=adapter, variant=variant, cl=cl or args.cl,
                                          out=str(Path(args.out) / label), name=label))
+    check_inside(Path(args.out) / SHARED_ROW0, args.out, "the runs' shared row-0 folder")
     if args.dry_run:
         from .dry_run import dry_run, length_policy_lines
 

@@ -75,6 +75,12 @@ _REPLACED = {
                         "is derived from it): write train.global_batch: <batch_size x grad_accum x processes of "
                         "the old run>, e.g. 16 for batch_size 4 x grad_accum 4 on one process",
 }
+#: transformers' SchedulerType values (train.schedule), spelt out so that a config error needs no import of
+#: transformers (and torch): seconds on a loaded machine. tests/test_config.py holds it equal to transformers'.
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+             "warmup_stable_decay", "greedy")
+SEED_MAX = 2 ** 32 - 1   # numpy's legacy seeding accepts [0, 2**32 - 1]
 LOGGERS = ("text", "tensorboard", "wandb")
 ENGINES = ("ddp", "fsdp")   # train.engine: how several processes share the model (training/engine.py)
 
@@ -244,6 +250,8 @@ def validate(config: RunConfig) -> None:
         (config.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (config.eval.n is None or config.eval.n >= 1, "eval.n must be >= 1 (or null)"),
         (config.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
+        (not isinstance(config.seed, bool) and isinstance(config.seed, int) and 0 <= config.seed <= SEED_MAX,
+         f"seed {config.seed!r} is out of range: allowed are integers 0 .. {SEED_MAX} (2**32 - 1)"),
     ]
     checks.append((t.engine in ENGINES, f"train.engine {t.engine!r} is unknown{did_you_mean(str(t.engine), ENGINES)}; "
                                         f"allowed: {' | '.join(ENGINES)}"))
@@ -252,12 +260,9 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from transformers.trainer_utils import SchedulerType
-
-    schedules = [s.value for s in SchedulerType]
-    if t.schedule not in schedules:
-        raise ConfigError(f"train.schedule {t.schedule!r} is unknown{did_you_mean(t.schedule, schedules)}; "
-                          f"known: {', '.join(schedules)}")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule {t.schedule!r} is unknown{did_you_mean(t.schedule, SCHEDULES)}; "
+                          f"known: {', '.join(SCHEDULES)}")
 
 
 def dump_yaml(config: RunConfig, path: Path) -> None:

@@ -29,8 +29,10 @@ from typing import Any
 
 import yaml
 
+from .. import registry
 from ..config import apply_override, from_dict, load_yaml
 from ..errors import ConfigError, did_you_mean
+from ..pathsafe import check_name
 
 STUDY_KEYS = ("name", "description", "base", "set", "strategies", "seeds", "orders")
 
@@ -115,7 +117,7 @@ def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
         cl = cl if isinstance(cl, dict) else {"name": cl}
         if "name" in cl and cl["name"] != (base.get("cl") or {}).get("name"):
             cl = {**_switch(base.get("cl"), cl["name"], "cl"), **cl}
-        return Strategy(str(entry["label"]), dict(adapter), dict(cl))
+        return Strategy(check_name(str(entry["label"]), "strategy label", where), dict(adapter), dict(cl))
     raise ConfigError(f"{where}: a strategy is a spec string (lora, sharelora:share_a, lora+replay) or a mapping")
 
 
@@ -192,13 +194,18 @@ def load_study(path: str | Path) -> Study:
     labels = [s.label for s in strategies]
     if len(set(labels)) != len(labels) or len({label_dir(x) for x in labels}) != len(labels):
         raise ConfigError(f"{path}: strategy labels must differ (also as folder names), got {labels}")
-    study = Study(name=str(data.get("name") or path.stem), source=path, base=base, stream=stream_data,
+    name = check_name(str(data.get("name") or path.stem), "study name",
+                      str(path) if data.get("name") else f"from the file name {path}")
+    study = Study(name=name, source=path, base=base, stream=stream_data,
                   strategies=strategies, seeds=tuple(seeds), orders=_orders(data.get("orders"), names, f"{path}: orders"),
                   description=str(data.get("description", "")))
     for order in range(len(study.orders)):
         parse_stream(study.stream_for(order), f"{path}: order {order}")
-    for cell in study.cells[: len(strategies)]:   # options of each strategy, once
-        from_dict({k: v for k, v in study.config_for(cell, Path(stream.path), Path("unused")).items()})
+    for cell in study.cells:   # the whole plan: every cell's config (its seed included) before any cell runs
+        from_dict(study.config_for(cell, Path(stream.path), Path("unused")))
+    for s in strategies:       # and each strategy's option values (what `run` checks in prepare)
+        registry.create(s.adapter["name"], "adapter", **{k: v for k, v in s.adapter.items() if k != "name"})
+        registry.create(s.cl["name"], "cl", **{k: v for k, v in s.cl.items() if k != "name"})
     return study
 
 

@@ -1,4 +1,4 @@
-"""Checks of the inputs that need no data and no weights: seed, device, model path, and whether the adapter
+"""Checks of the inputs that need no data and no weights: device, model path, and whether the adapter
 fits the model (built on the meta device, so no rank allocates memory). Each failure is a ConfigError naming
 the value and what is allowed; the runner calls these before anything is written."""
 
@@ -11,13 +11,7 @@ import torch
 from .. import models
 from ..errors import ConfigError
 
-SEED_MAX = 2 ** 32 - 1   # numpy's legacy seeding accepts [0, 2**32 - 1]
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.gguf")
-
-
-def check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise ConfigError(f"seed {seed!r} is out of range: allowed are integers 0 .. {SEED_MAX} (2**32 - 1)")
 
 
 def check_device(device: str) -> None:

@@ -21,10 +21,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from .. import hardware, models, registry
+from .. import hardware, models, pathsafe, registry
 from ..benchmarks.scenario import make_benchmark
 from ..benchmarks.stream import Stream, load_stream
-from ..config import RunConfig, accumulation_steps
+from ..config import RunConfig, accumulation_steps, validate
 from ..errors import ConfigError, UserError
 from ..evaluation.base import make_evaluator
 from ..paths import data_root
@@ -67,12 +67,13 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
     cl_opts = {k: v for k, v in config.cl.items() if k != "name"}
     adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
     cl = registry.create(config.cl["name"], "cl", **cl_opts)
-    preflight.check_seed(config.seed)
+    validate(config)   # seed range and every value from_dict checks, for configs built in code too
     preflight.check_device(config.device)
     preflight.check_model(config.model)
     root = data_root(config.data_root)
     name = config.name or rundir.default_name(stream, adapter, cl)
-    rundir.check_name(name, "from --name" if config.name else f"from the stream name in {stream.path}")
+    pathsafe.check_name(name, "run name",
+                        "from --name" if config.name else f"from the stream name in {stream.path}")
     run_dir = Path(config.out or Path("runs") / name)
     rundir.check_location(run_dir)
     if config.train.engine == "fsdp":
