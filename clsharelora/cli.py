@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args, *, adapter: str | None = None, variant: str | None = None, cl: str | None = None,
                       out: str | None = None, name: str | None = None):
     from . import config as cfgmod
+    from . import registry
     from .benchmarks.stream import load_stream
 
     data = cfgmod.load_yaml(args.config) if args.config else {}
@@ -113,7 +114,12 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
     for assignment in args.overrides:
         cfgmod.apply_override(data, assignment)
     config = cfgmod.from_dict(data)
-    load_stream(config.stream)   # stream errors too before torch is imported (prepare loads it again)
+    registry.check_option_names(config.adapter, "adapter")   # option and stream errors too before torch is
+    registry.check_option_names(config.cl, "cl")             # imported (prepare creates the strategies and
+    load_stream(config.stream)                               # loads the stream again)
+    for kind, named in (("adapter", adapter), ("cl", cl)):   # only now: a strategy named on the command line is
+        if named:                                            # imported, so a plug-in that fails to import is
+            registry.get(named, kind)                        # an error naming its file, as before
     return config
 
 
@@ -128,8 +134,8 @@ def _switch(block, name: str, kind: str) -> dict:
     from .errors import did_you_mean
 
     block = _as_block(block)
-    known = registry.get(name, kind).defaults
-    owner = registry.get(block["name"], kind).defaults if block.get("name") else {}
+    known = registry.option_defaults(name, kind)
+    owner = registry.option_defaults(block["name"], kind) if block.get("name") else {}
     for key in block:
         if key != "name" and key not in known and key not in owner:
             where = f"{kind} strategy {block['name']!r}" if block.get("name") else f"{kind} strategy {name!r}"

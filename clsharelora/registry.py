@@ -52,11 +52,7 @@ class Strategy:
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
-            key = unknown[0]
-            raise ConfigError(
-                f"unknown option {key!r} for {self.kind} strategy {self.name!r}{did_you_mean(key, self.defaults)}; "
-                f"known options: {', '.join(sorted(self.defaults)) or 'none'}"
-            )
+            raise unknown_option(self.kind, self.name, unknown[0], self.defaults)
         self.options = {**self.defaults, **options}
         self.validate()
 
@@ -65,6 +61,11 @@ class Strategy:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, **self.options}
+
+
+def unknown_option(kind: str, name: str, key: str, known) -> ConfigError:
+    return ConfigError(f"unknown option {key!r} for {kind} strategy {name!r}{did_you_mean(key, known)}; "
+                       f"known options: {', '.join(sorted(known)) or 'none'}")
 
 
 def _source(cls: type) -> str:
@@ -275,6 +276,36 @@ def describe_class(cls: type) -> str:
     if not cls.defaults:
         lines.append("  (no options)")
     return "\n".join(lines)
+
+
+def static_defaults(name: str, kind: str) -> dict[str, Any] | None:
+    """The strategy's option defaults read from its file without importing it (plugin_options.py), for
+    refusing a misspelt option before torch is imported; None when they cannot be read so (or the plug-ins
+    are imported already: then the class is asked). An unknown name is refused here too."""
+    from . import plugin_options
+
+    if _discovered:
+        return None
+    _refuse_unknown_statically(name, kind)
+    for f in plugin_files():
+        if (kind, name) in f.names:
+            return plugin_options.read_defaults(f.path, kind, name)
+    return None
+
+
+def option_defaults(name: str, kind: str) -> dict[str, Any]:
+    """The strategy's option defaults: the static read where possible (no import), else the class's."""
+    found = static_defaults(name, kind)
+    return found if found is not None else dict(get(name, kind).defaults)
+
+
+def check_option_names(block: dict[str, Any], kind: str) -> None:
+    """Refuse a key of an `adapter:` / `cl:` block that its strategy does not know, from the static read
+    (no import); what cannot be read statically is checked when the strategy is created."""
+    known = static_defaults(block["name"], kind)
+    for key in sorted(block) if known is not None else ():
+        if key != "name" and key not in known:
+            raise unknown_option(kind, block["name"], key, known)
 
 
 def create(name: str, kind: str, **options: Any) -> Strategy:
