@@ -116,6 +116,8 @@ CASES = {
                                          r"seed 4294967296 is out of range"),
     "study bad option value": (lambda t: study(t, "strategies: [lora, {label: bad, adapter: {name: lora, r: 0}}]\n"
                                                   "seeds: [0]\n"), r"'r' must be a positive integer"),
+    "study rank above a layer": (lambda t: study(t, "strategies: [lora, {label: big, adapter: {name: lora, r: 33}}]\n"
+                                                    "seeds: [0]\n"), r"k_proj maps 64 -> 32, so r must be <= 32"),
     # --- small: --out at a file
     "study out a file": (lambda t: study(t, "strategies: [lora]\nseeds: [0]\n", out=_write(t / "a-file", "x")),
                          r"--out .*a-file is a file"),

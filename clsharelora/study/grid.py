@@ -29,7 +29,6 @@ from typing import Any
 
 import yaml
 
-from .. import registry
 from ..config import apply_override, from_dict, load_yaml
 from ..errors import ConfigError, did_you_mean
 from ..pathsafe import check_name
@@ -203,9 +202,6 @@ def load_study(path: str | Path) -> Study:
         parse_stream(study.stream_for(order), f"{path}: order {order}")
     for cell in study.cells:   # the whole plan: every cell's config (its seed included) before any cell runs
         from_dict(study.config_for(cell, Path(stream.path), Path("unused")))
-    for s in strategies:       # and each strategy's option values (what `run` checks in prepare)
-        registry.create(s.adapter["name"], "adapter", **{k: v for k, v in s.adapter.items() if k != "name"})
-        registry.create(s.cl["name"], "cl", **{k: v for k, v in s.cl.items() if k != "name"})
     return study
 
 

@@ -116,10 +116,15 @@ def cell_job(root: Path, cell: Cell) -> RunJob:
 
 
 def check_plan(study: Study, root: Path) -> None:
-    """Before anything is written: --out can hold the study, and every cell's files stay under it (a symbolic
-    link inside a resumed study directory could point elsewhere)."""
+    """Before anything is written (load_study has checked every cell's config): each strategy's options and
+    its adapter on the model's meta-device copy, as `run` checks them; --out can hold the study, and every
+    cell's files stay under it (a symbolic link inside a resumed study directory could point elsewhere)."""
+    from ..config import from_dict
+    from ..training.preflight import check_strategies
     from ..training.rundir import check_location
 
+    for cell in study.cells[: len(study.strategies)]:   # one cell per strategy: the others differ in seed/order
+        check_strategies(from_dict(study.config_for(cell, Path("unused"), Path("unused"))))
     check_location(root)
     for shared in ("streams", ".row0"):
         check_inside(root / shared, root, f"the study's {shared} folder")

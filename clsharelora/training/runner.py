@@ -63,13 +63,9 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
     """Validation that needs no data and no weights: names, options, stream, seed, device, model path, the
     adapter against the model (on the meta device), the output location and what it already holds."""
     stream = load_stream(config.stream)
-    adapter_opts = {k: v for k, v in config.adapter.items() if k != "name"}
-    cl_opts = {k: v for k, v in config.cl.items() if k != "name"}
-    adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
-    cl = registry.create(config.cl["name"], "cl", **cl_opts)
     validate(config)   # seed range and every value from_dict checks, for configs built in code too
     preflight.check_device(config.device)
-    preflight.check_model(config.model)
+    adapter, cl = preflight.check_strategies(config)
     root = data_root(config.data_root)
     name = config.name or rundir.default_name(stream, adapter, cl)
     pathsafe.check_name(name, "run name",
@@ -78,9 +74,6 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
     rundir.check_location(run_dir)
     if config.train.engine == "fsdp":
         engine.check_fsdp_combination(adapter.name, cl.name, config.load_in_4bit)
-    base = preflight.meta_base(config.model)
-    if base is not None:
-        cl.check_model(preflight.apply_on_meta(adapter, base))
     resolved = dataclasses.replace(config, name=name, out=str(run_dir))
     ident = rundir.identity(resolved, stream, root)
     rundir.check_not_locked(run_dir)
