@@ -114,12 +114,15 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
     for assignment in args.overrides:
         cfgmod.apply_override(data, assignment)
     config = cfgmod.from_dict(data)
-    registry.check_option_names(config.adapter, "adapter")   # option and stream errors too before torch is
-    registry.check_option_names(config.cl, "cl")             # imported (prepare creates the strategies and
-    load_stream(config.stream)                               # loads the stream again)
-    for kind, named in (("adapter", adapter), ("cl", cl)):   # only now: a strategy named on the command line is
-        if named:                                            # imported, so a plug-in that fails to import is
-            registry.get(named, kind)                        # an error naming its file, as before
+    # option and stream errors are reported before torch is imported (prepare creates the strategies and
+    # loads the stream again); only then is a strategy named on the command line imported, so that a
+    # plug-in failing to import is still an error naming its file
+    registry.check_option_names(config.adapter, "adapter")
+    registry.check_option_names(config.cl, "cl")
+    load_stream(config.stream)
+    for kind, named in (("adapter", adapter), ("cl", cl)):
+        if named:
+            registry.get(named, kind)
     return config
 
 
