@@ -346,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--command", help="the command that produced the report, written at the top of the page")
     args = parser.parse_args(argv)
     try:
+        if args.out.exists() and not args.out.is_dir():
+            raise UserError(f"--out {args.out} is a file; give a directory (existing or to be created)")
         from .study import build_study_report, is_study
 
         if len(args.run_dirs) == 1 and is_study(args.run_dirs[0]):

@@ -6,7 +6,8 @@ neighbour (the demo's step beside a one-core busy loop, as a ratio to the lone s
 (LwF's step time vs naive, issue #13), gradsync (gradient synchronisation: DDP vs the old per-tensor loop,
 2 gloo processes, issue #15), evalshard (MMLU scoring sharded by items over 2 gloo processes vs 1 process on
 the same CPUs, issue #15), batching (teacher-forced scoring of the demo stream with full batches vs
-padding-aware batches, and one forward's cost in tokens, issue #15).
+padding-aware batches, and one forward's cost in tokens, issue #15), errors (seconds until a config, stream
+or option error is reported, and `clsharelora list -v`, each in a fresh process; target < 2 s, issue #25).
 Every table and JSON carries the CPU model, torch's CPU capability, native bf16 and the thread choice, so
 figures from different machines are never read as one machine's.
 `--quick` is the CI smoke: tiny-llama, tiny shapes, one repetition, seconds; its numbers mean nothing.
@@ -30,7 +31,7 @@ from clsharelora.errors import UserError
 from .timing import PROJECT_ROOT, fmt_stats
 
 PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync", "evalshard",
-         "batching")
+         "batching", "errors")
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -289,7 +290,13 @@ def table_batching(res: dict) -> list[str]:
     return lines
 
 
-TABLES = {"adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
+def table_errors(res: dict) -> list[str]:
+    from . import fast_errors
+
+    return fast_errors.table(res)
+
+
+TABLES = {"errors": table_errors, "adapters": table_adapters, "overhead": table_overhead, "eval": table_eval, "scaling": table_scaling,
           "meta": table_meta, "neighbour": table_neighbour, "lwf": table_lwf,
           "gradsync": table_gradsync, "evalshard": table_evalshard, "batching": table_batching}
 
@@ -346,6 +353,9 @@ def ratio_table(results: dict[str, dict]) -> list[str]:
         lines.append(f"{'scoring, full / padding-aware batches':44s} {b['total_ratio']:9.3f} {'-':>9s}  "
                      f"(measured; demo stream + MMLU 5-shot, eval batch {b['batch_size']}; same values: "
                      f"{'yes' if b['same_values'] else 'NO'})")
+    if "errors" in results:
+        for x in results["errors"]["rows"]:
+            add(f"seconds to: {x['command']}"[:44], x["median_s"], f"< {x['target_s']:.0f}", x["target_met"])
     if "meta" in results:
         ok = all(x["closed_form_ok"] for x in results["meta"]["rows"])
         lines.append(f"{'meta-device counts = closed form':44s} {'all' if ok else 'NOT all':>9s} {'all':>9s}  "
@@ -416,6 +426,10 @@ def run_part(part: str, s: dict, args, log, save_partial=None) -> dict:
 
         return scoring_batches.run(model_name=s["model"], reps=s["batching_reps"], paper_mmlu_n=s["batching_mmlu_n"],
                                    overhead_seq=s["batching_seq"], device=args.device, log=log)
+    if part == "errors":
+        from . import fast_errors
+
+        return fast_errors.run(reps=s["reps"], quick=args.quick, log=log)
     from . import meta_table
 
     return meta_table.run(models=s["meta_models"], ranks=s["meta_ranks"], batch=s["batch"], seq=s["seq"], log=log)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .pathsafe import check_inside, check_name
 
 EPILOG = """examples:
   clsharelora run --stream streams/demo.yaml --strategy sharelora --model smollm2-135m --out runs/demo-sharelora
@@ -112,6 +113,8 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
                       out: str | None = None, name: str | None = None, spec=None):
     """defaults < --config < flags < --set < the strategy spec of compare (`spec`, strategy_specs.Spec)."""
     from . import config as cfgmod
+    from . import registry
+    from .benchmarks.stream import load_stream
 
     from .paths import resolve_builtin
 
@@ -138,7 +141,17 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
         from .strategy_specs import blocks
 
         data["adapter"], data["cl"] = blocks(spec, data.get("adapter"))
-    return cfgmod.from_dict(data)
+    config = cfgmod.from_dict(data)
+    # option and stream errors are reported before torch is imported (prepare creates the strategies and
+    # loads the stream again); only then is a strategy named on the command line imported, so that a
+    # plug-in failing to import is still an error naming its file
+    registry.check_option_names(config.adapter, "adapter")
+    registry.check_option_names(config.cl, "cl")
+    load_stream(config.stream)
+    for kind, named in (("adapter", adapter), ("cl", cl)):
+        if named:
+            registry.get(named, kind)
+    return config
 
 
 def _switch(block, name: str, kind: str) -> dict:
@@ -152,8 +165,8 @@ def _switch(block, name: str, kind: str) -> dict:
     from .errors import did_you_mean
 
     block = _as_block(block)
-    known = registry.get(name, kind).defaults
-    owner = registry.get(block["name"], kind).defaults if block.get("name") else {}
+    known = registry.option_defaults(name, kind)
+    owner = registry.option_defaults(block["name"], kind) if block.get("name") else {}
     for key in block:
         if key != "name" and key not in known and key not in owner:
             where = f"{kind} strategy {block['name']!r}" if block.get("name") else f"{kind} strategy {name!r}"
@@ -193,6 +206,7 @@ def _compare_configs(args) -> list:
     """One run config per strategy spec, each spec meaning the same run under any config (strategy_specs);
     two specs that resolve to the same run, or to one folder, are an error before anything is created."""
     from . import config as cfgmod
+    from .paths import resolve_builtin
     from .strategy_specs import check_distinct, note_ignored_cl, parse_list
 
     specs = parse_list(args.strategies)
@@ -208,7 +222,11 @@ def _compare_configs(args) -> list:
             raise UserError(f"--strategies: {folders[s.label]!r} and {s.text!r} would share the run folder "
                             f"{s.label!r}; write their options the same way")
         folders[s.label] = s.text
-    note_ignored_cl((cfgmod.load_yaml(args.config) if args.config else {}).get("cl"), "compare")
+        check_name(s.label, "strategy label", f"from --strategies entry {s.text!r}")
+        check_inside(Path(args.out) / s.label, args.out, f"run folder of {s.text!r}:")
+    check_inside(Path(args.out) / SHARED_ROW0, args.out, "the runs' shared row-0 folder")
+    note_ignored_cl((cfgmod.load_yaml(resolve_builtin(args.config, "configs")) if args.config else {}).get("cl"),
+                    "compare")
     return configs
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, did_you_mean
+from .textfiles import decode_utf8
 
 
 @dataclass
@@ -74,6 +75,12 @@ _REPLACED = {
                         "is derived from it): write train.global_batch: <batch_size x grad_accum x processes of "
                         "the old run>, e.g. 16 for batch_size 4 x grad_accum 4 on one process",
 }
+#: transformers' SchedulerType values (train.schedule), spelt out so that a config error needs no import of
+#: transformers (and torch): seconds on a loaded machine. tests/test_config.py holds it equal to transformers'.
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+             "warmup_stable_decay", "greedy")
+SEED_MAX = 2 ** 32 - 1   # numpy's legacy seeding accepts [0, 2**32 - 1]
 LOGGERS = ("text", "tensorboard", "wandb")
 ENGINES = ("ddp", "fsdp")   # train.engine: how several processes share the model (training/engine.py)
 
@@ -137,15 +144,38 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     return config
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error naming both lines
+    (PyYAML keeps the later value silently: a config with two `lr:` would run with whichever came last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *base` may override, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice, on lines {first_line[key]} and {line}; keep one",
+                            key_node.start_mark)
+                    first_line[key] = line
+                except TypeError:   # an unhashable key: PyYAML's own error follows
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping; syntax errors name the file, line and column."""
+    """Parse a UTF-8 YAML mapping; syntax errors, undecodable bytes and duplicate keys name the file and line."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(decode_utf8(path.read_bytes(), path, ConfigError), Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -162,7 +192,7 @@ def parse_value(raw: str) -> Any:
     """A command-line value as YAML reads it (64 -> int, 1e-4 -> float, [a, b] -> list); empty -> None;
     what YAML cannot read stays the string. Shared by --set and the options of a strategy spec."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
+        return yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else None
     except yaml.YAMLError:
         return raw
 
@@ -226,6 +256,10 @@ def validate(config: RunConfig) -> None:
         (config.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (config.eval.n is None or config.eval.n >= 1, "eval.n must be >= 1 (or null)"),
         (config.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
+        (not isinstance(config.seed, bool) and isinstance(config.seed, int) and 0 <= config.seed <= SEED_MAX,
+         f"seed {config.seed!r} is out of range: allowed are integers 0 .. {SEED_MAX} (2**32 - 1)"),
+        (not (config.load_in_4bit and config.dtype == "float32"),
+         "load_in_4bit computes in bfloat16: set dtype: bfloat16 (or load_in_4bit: false)"),
     ]
     checks.append((t.engine in ENGINES, f"train.engine {t.engine!r} is unknown{did_you_mean(str(t.engine), ENGINES)}; "
                                         f"allowed: {' | '.join(ENGINES)}"))
@@ -234,12 +268,9 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from transformers.trainer_utils import SchedulerType
-
-    schedules = [s.value for s in SchedulerType]
-    if t.schedule not in schedules:
-        raise ConfigError(f"train.schedule {t.schedule!r} is unknown{did_you_mean(t.schedule, schedules)}; "
-                          f"known: {', '.join(schedules)}")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule {t.schedule!r} is unknown{did_you_mean(t.schedule, SCHEDULES)}; "
+                          f"known: {', '.join(SCHEDULES)}")
 
 
 def dump_yaml(config: RunConfig, path: Path) -> None:

@@ -54,11 +54,7 @@ class Strategy:
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
-            key = unknown[0]
-            raise ConfigError(
-                f"unknown option {key!r} for {self.kind} strategy {self.name!r}{did_you_mean(key, self.defaults)}; "
-                f"known options: {', '.join(sorted(self.defaults)) or 'none'}"
-            )
+            raise unknown_option(self.kind, self.name, unknown[0], self.defaults)
         self.options = {**self.defaults, **options}
         self.validate()
 
@@ -67,6 +63,11 @@ class Strategy:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, **self.options}
+
+
+def unknown_option(kind: str, name: str, key: str, known) -> ConfigError:
+    return ConfigError(f"unknown option {key!r} for {kind} strategy {name!r}{did_you_mean(key, known)}; "
+                       f"known options: {', '.join(sorted(known)) or 'none'}")
 
 
 def _source(cls: type) -> str:
@@ -247,15 +248,31 @@ def known(kind: str) -> list[str]:
 
 def get(name: str, kind: str) -> type:
     """The registered class, or a ConfigError that lists the known names and the closest match."""
+    if not _discovered:
+        _refuse_unknown_statically(name, kind)
     discover()
     table = _REGISTRY[kind]
     if name not in table and (kind, name) in _FAILED:
         raise ConfigError(f"{kind} strategy {name!r} is defined in a plug-in that failed to import: "
                           f"{_FAILED[(kind, name)]}")
     if name not in table:
-        raise ConfigError(f"unknown {kind} strategy {name!r}{did_you_mean(name, table)}; "
-                          f"known: {', '.join(sorted(table))}")
+        raise _unknown(name, kind, table)
     return table[name]
+
+
+def _unknown(name: str, kind: str, known) -> ConfigError:
+    return ConfigError(f"unknown {kind} strategy {name!r}{did_you_mean(name, known)}; known: {', '.join(sorted(known))}")
+
+
+def _refuse_unknown_statically(name: str, kind: str) -> None:
+    """A misspelt name is refused from the static read alone (no plug-in, nor torch, imported: a typo is
+    reported in well under a second) when every file could be read and registers literal names only."""
+    files = plugin_files()
+    if any(f.dynamic or f.error for f in files):
+        return
+    names = {n for f in files for k, n in f.names if k == kind}
+    if name not in names:
+        raise _unknown(name, kind, names)
 
 
 def describe_class(cls: type) -> str:
@@ -270,6 +287,36 @@ def describe_class(cls: type) -> str:
     if not cls.defaults:
         lines.append("  (no options)")
     return "\n".join(lines)
+
+
+def static_defaults(name: str, kind: str) -> dict[str, Any] | None:
+    """The strategy's option defaults read from its file without importing it (plugin_options.py), for
+    refusing a misspelt option before torch is imported; None when they cannot be read so (or the plug-ins
+    are imported already: then the class is asked). An unknown name is refused here too."""
+    from . import plugin_options
+
+    if _discovered:
+        return None
+    _refuse_unknown_statically(name, kind)
+    for f in plugin_files():
+        if (kind, name) in f.names:
+            return plugin_options.read_defaults(f.path, kind, name)
+    return None
+
+
+def option_defaults(name: str, kind: str) -> dict[str, Any]:
+    """The strategy's option defaults: the static read where possible (no import), else the class's."""
+    found = static_defaults(name, kind)
+    return found if found is not None else dict(get(name, kind).defaults)
+
+
+def check_option_names(block: dict[str, Any], kind: str) -> None:
+    """Refuse a key of an `adapter:` / `cl:` block that its strategy does not know, from the static read
+    (no import); what cannot be read statically is checked when the strategy is created."""
+    known = static_defaults(block["name"], kind)
+    for key in sorted(block) if known is not None else ():
+        if key != "name" and key not in known:
+            raise unknown_option(kind, block["name"], key, known)
 
 
 def create(name: str, kind: str, **options: Any) -> Strategy:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import load_yaml
 from ..errors import ConfigError, did_you_mean
+from ..pathsafe import check_name
 
 TRAIN_KEYS = {"benchmark", "split", "n", "epochs", "max_steps", "max_length", "options"}
 EXPERIENCE_KEYS = {"name", "train", "eval"}
@@ -106,7 +107,7 @@ def parse_stream(data: dict[str, Any], source: str = "<stream>") -> Stream:
         task = evaluation["task"]
         if task not in task_names():
             raise ConfigError(f"{where}.eval.task {task!r} has no evaluator; known: {', '.join(task_names())}")
-        name = str(raw.get("name") or task)
+        name = check_name(str(raw.get("name") or task), "experience name", where)
         if name in names:
             raise ConfigError(f"{where}: experience name {name!r} is used twice")
         names.add(name)
@@ -119,7 +120,6 @@ def parse_stream(data: dict[str, Any], source: str = "<stream>") -> Stream:
             options=dict(train.get("options") or {}),
         )
         options = {k: v for k, v in evaluation.items() if k != "task"}
-        _check_evaluator_options(evaluator_class(task), options, f"{where}.eval")
         if "n" in options:
             _positive(options["n"], f"{where}.eval.n")
         out.append(ExperienceSpec(name=name, train=spec, task=task, eval_options=options))
@@ -127,7 +127,13 @@ def parse_stream(data: dict[str, Any], source: str = "<stream>") -> Stream:
     if len(set(tasks)) != len(tasks):
         raise ConfigError(f"{source}: each experience must evaluate a different task (R has one column per task); "
                           f"got {tasks}")
-    return Stream(name=str(data.get("name") or Path(source).stem), experiences=tuple(out),
+    # last: naming an evaluator's options imports its class (and torch); every error above is found without
+    for i, exp in enumerate(out, 1):
+        if exp.eval_options:
+            _check_evaluator_options(evaluator_class(exp.task), exp.eval_options, f"{source}: experience {i}.eval")
+    name = check_name(str(data.get("name") or Path(source).stem), "stream name",
+                      source if data.get("name") else f"from the file name {source}")
+    return Stream(name=name, experiences=tuple(out),
                   description=str(data.get("description", "")), path=source)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DataError
+from ..textfiles import decode_utf8
 
 Rows = tuple[tuple[int, Any], ...]
 
@@ -50,12 +51,9 @@ def _read_text(path: str) -> str:
         raw = Path(path).read_bytes()
         if path.endswith(".gz"):
             raw = gzip.decompress(raw)
-        return raw.decode("utf-8")
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read file: {exc}") from None
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{where(path, line)}: not valid UTF-8 ({exc.reason})") from None
+    return decode_utf8(raw, path, DataError, " (after gunzip)" if path.endswith(".gz") else "")
 
 
 @lru_cache(maxsize=512)

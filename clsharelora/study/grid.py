@@ -34,6 +34,7 @@ import yaml
 from ..config import apply_override, from_dict, load_yaml
 from ..errors import ConfigError, did_you_mean
 from ..strategy_specs import check_distinct, note_ignored_cl
+from ..pathsafe import check_name
 
 STUDY_KEYS = ("name", "description", "base", "set", "strategies", "seeds", "orders")
 
@@ -117,7 +118,7 @@ def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
         cl = dict(cl) if isinstance(cl, dict) else {"name": cl}
         if "name" not in cl:
             raise ConfigError(f"{where}: the strategy's 'cl' mapping needs a 'name'")
-        return Strategy(str(entry["label"]), dict(adapter), cl)
+        return Strategy(check_name(str(entry["label"]), "strategy label", where), dict(adapter), cl)
     raise ConfigError(f"{where}: a strategy is a spec string (lora, sharelora:share_a, lora+ewc(ewc_lambda=100)) or a "
                       "mapping")
 
@@ -205,13 +206,15 @@ def load_study(path: str | Path) -> Study:
         raise ConfigError(f"{path}: strategy labels must differ (also as folder names), got {labels}")
     check_distinct([(s.label, s.adapter, s.cl) for s in strategies], f"{path}: strategies")
     note_ignored_cl(base.get("cl"), str(path))
-    study = Study(name=str(data.get("name") or path.stem), source=path, base=base, stream=stream_data,
+    name = check_name(str(data.get("name") or path.stem), "study name",
+                      str(path) if data.get("name") else f"from the file name {path}")
+    study = Study(name=name, source=path, base=base, stream=stream_data,
                   strategies=strategies, seeds=tuple(seeds), orders=_orders(data.get("orders"), names, f"{path}: orders"),
                   description=str(data.get("description", "")))
     for order in range(len(study.orders)):
         parse_stream(study.stream_for(order), f"{path}: order {order}")
-    for cell in study.cells[: len(strategies)]:   # options of each strategy, once
-        from_dict({k: v for k, v in study.config_for(cell, Path(stream.path), Path("unused")).items()})
+    for cell in study.cells:   # the whole plan: every cell's config (its seed included) before any cell runs
+        from_dict(study.config_for(cell, Path(stream.path), Path("unused")))
     return study
 
 

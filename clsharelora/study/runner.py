@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..errors import UserError
 from ..hardware import read_cpuinfo, usable_cpus
+from ..pathsafe import check_inside
 from ..training.run_pool import RunJob, run_pool, split_cpus
 from .grid import Cell, Study, dump, label_dir, load_study
 
@@ -132,11 +133,30 @@ def cell_job(root: Path, cell: Cell) -> RunJob:
     return RunJob(cell.key, paths["config"], paths["run"], paths["log"], shared_row0=(root / ".row0").resolve())
 
 
+def check_plan(study: Study, root: Path) -> None:
+    """Before anything is written (load_study has checked every cell's config): each strategy's options and
+    its adapter on the model's meta-device copy, as `run` checks them; --out can hold the study, and every
+    cell's files stay under it (a symbolic link inside a resumed study directory could point elsewhere)."""
+    from ..config import from_dict
+    from ..training.preflight import check_strategies
+    from ..training.rundir import check_location
+
+    for cell in study.cells[: len(study.strategies)]:   # one cell per strategy: the others differ in seed/order
+        check_strategies(from_dict(study.config_for(cell, Path("unused"), Path("unused"))))
+    check_location(root)
+    for shared in ("streams", ".row0"):
+        check_inside(root / shared, root, f"the study's {shared} folder")
+    for cell in study.cells:
+        for what, where in cell_paths(root, cell).items():
+            check_inside(where, root, f"cell {cell.key}: {what} path")
+
+
 def run_study(path: str | Path, out: str | Path, *, jobs: int = 1, resume: bool = False, progress: bool = True) -> int:
     """Run every cell not yet done; returns 0 when all cells are done, 1 when some failed."""
     jobs, threads = split_cpus(jobs)     # validates --jobs before anything is written
     study = load_study(path)
     root = Path(out)
+    check_plan(study, root)
     _prepare_dir(study, root, resume)
     lock = open(root / ".study.lock", "w")
     try:

@@ -1,5 +1,5 @@
-"""Checks of the inputs that need no data and no weights: seed, device, model path, and whether the adapter
-fits the model (built on the meta device, so no rank allocates memory). Each failure is a ConfigError naming
+"""Checks of the inputs that need no data and no weights: device, model path, the strategies' options, and
+whether the adapter fits the model (built on the meta device, so no rank allocates memory). Each failure is a ConfigError naming
 the value and what is allowed; the runner calls these before anything is written."""
 
 from __future__ import annotations
@@ -8,16 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .. import models
+from .. import models, registry
 from ..errors import ConfigError
 
-SEED_MAX = 2 ** 32 - 1   # numpy's legacy seeding accepts [0, 2**32 - 1]
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.gguf")
-
-
-def check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise ConfigError(f"seed {seed!r} is out of range: allowed are integers 0 .. {SEED_MAX} (2**32 - 1)")
 
 
 def check_device(device: str) -> None:
@@ -81,6 +75,26 @@ def meta_base(name: str):
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"model path {name!r}: config.json is not a causal-LM config ({exc})") from None
     return None
+
+
+def check_strategies(config, stream=None) -> tuple:
+    """The config's adapter and CL strategies, created (their option values checked), and the model: a known
+    path or name, and where its architecture is known here, the adapter applied to it on the meta device,
+    its trainable count equal to its expected_params, checked by the CL method, and (given the stream) every
+    generating task fitting the model's positions. What `run` checks of a strategy before anything is
+    written, and what `study` checks of each of its strategies before its first cell starts."""
+    adapter = registry.create(config.adapter["name"], "adapter",
+                              **{k: v for k, v in config.adapter.items() if k != "name"})
+    cl = registry.create(config.cl["name"], "cl", **{k: v for k, v in config.cl.items() if k != "name"})
+    check_model(config.model)
+    base = meta_base(config.model)
+    if base is not None:
+        meta = apply_on_meta(adapter, base)
+        check_expected_params(adapter, meta)
+        if stream is not None:
+            check_generation_fits(stream, base)
+        cl.check_model(meta)
+    return adapter, cl
 
 
 def apply_on_meta(adapter, base):

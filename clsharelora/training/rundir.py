@@ -13,7 +13,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import socket
 import sys
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ from .checkpoint import Checkpointer
 LOCK = ".lock"
 IDENTITY = "identity.json"
 CONFIG = "config.yaml"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -45,13 +43,6 @@ def default_name(stream: Stream, adapter, cl) -> str:
     if cl.name != RunConfig().cl["name"]:
         name += f"-{cl.name}"
     return name
-
-
-def check_name(name: str, source: str) -> None:
-    """A run name becomes a directory name: one path component of letters, digits and . _ + -."""
-    if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
-        raise ConfigError(f"run name {name!r} ({source}) cannot name a run directory: use letters, digits and "
-                          f"'.', '_', '+', '-' only (no path separators), starting with a letter or digit")
 
 
 # ------------------------------------------------------------------------------------------- location

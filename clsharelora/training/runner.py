@@ -21,10 +21,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from .. import hardware, models, registry
+from .. import hardware, models, pathsafe, registry
 from ..benchmarks.scenario import make_benchmark, training_records
 from ..benchmarks.stream import Stream, load_stream
-from ..config import RunConfig, accumulation_steps
+from ..config import RunConfig, accumulation_steps, validate
 from ..errors import ConfigError, UserError
 from ..evaluation.base import make_evaluator
 from ..paths import data_root
@@ -80,28 +80,17 @@ def prepare(config: RunConfig, *, resume: bool = False) -> Prepared:
 
 def _prepare(config: RunConfig, *, resume: bool) -> Prepared:
     stream = load_stream(config.stream)
-    if config.load_in_4bit and config.dtype == "float32":
-        raise ConfigError("load_in_4bit computes in bfloat16: set dtype: bfloat16")
-    adapter_opts = {k: v for k, v in config.adapter.items() if k != "name"}
-    cl_opts = {k: v for k, v in config.cl.items() if k != "name"}
-    adapter = registry.create(config.adapter["name"], "adapter", **adapter_opts)
-    cl = registry.create(config.cl["name"], "cl", **cl_opts)
-    preflight.check_seed(config.seed)
+    validate(config)   # seed range, 4-bit/dtype and every value from_dict checks, for configs built in code too
     preflight.check_device(config.device)
-    preflight.check_model(config.model)
+    adapter, cl = preflight.check_strategies(config, stream)
     root = data_root(config.data_root)
     name = config.name or rundir.default_name(stream, adapter, cl)
-    rundir.check_name(name, "from --name" if config.name else f"from the stream name in {stream.path}")
+    pathsafe.check_name(name, "run name",
+                        "from --name" if config.name else f"from the stream name in {stream.path}")
     run_dir = Path(config.out or Path("runs") / name)
     rundir.check_location(run_dir)
     if config.train.engine == "fsdp":
         engine.check_fsdp_combination(adapter.name, cl.name, config.load_in_4bit)
-    base = preflight.meta_base(config.model)
-    if base is not None:
-        meta = preflight.apply_on_meta(adapter, base)
-        preflight.check_expected_params(adapter, meta)
-        preflight.check_generation_fits(stream, base)
-        cl.check_model(meta)
     resolved = dataclasses.replace(config, name=name, out=str(run_dir))
     ident = rundir.identity(resolved, stream, root)
     rundir.check_not_locked(run_dir)
