@@ -1,8 +1,10 @@
 """Crash-safe writes: a reader (or a resumed run) sees the old file or the new one, never half of one;
-and the clean-up of what a killed writer left behind."""
+the clean-up of what a killed writer left behind; and a full disk turned into one `DiskFull` error that
+names the path and the space left (the temporary removed, the old file untouched)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,6 +12,59 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import DiskFull
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = tuple(os.strerror(code) for code in _NO_SPACE)   # "No space left on device", ...
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` comes from a full disk (blocks, inodes or quota): an OSError with ENOSPC/EDQUOT anywhere
+    in its chain, or a library error whose message quotes it (safetensors' SafetensorError; torch.save into a
+    file object raises a RuntimeError whose context is the OSError)."""
+    if isinstance(exc, DiskFull):   # already said, with the path that failed
+        return False
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        if any(text in str(exc) for text in _NO_SPACE_TEXT):
+            return True
+        exc, seen = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__), seen + 1
+    return False
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """'1.5 MiB and 12 inodes free' on the file system holding `path` (its nearest existing ancestor)."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "free space unknown"
+    free = st.f_bavail * st.f_frsize
+    size = next(f"{free / 2 ** (10 * k):.1f} {unit}" for k, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB"), (0, "B"))
+                if free >= 2 ** (10 * k) or k == 0)
+    return f"{size} and {st.f_favail} inodes free"
+
+
+def disk_full(path: str | os.PathLike) -> DiskFull:
+    return DiskFull(f"no space left on the disk writing {path} ({free_space(path)} there); nothing half-written "
+                    f"was kept: free some space, then run the same command again (add --resume to continue a run)")
+
+
+@contextmanager
+def space_checked(path: str | os.PathLike) -> Iterator[None]:
+    """For writes that do not go through this module (a lock file, a log): a full disk inside the block is a
+    DiskFull naming `path`."""
+    try:
+        yield
+    except Exception as exc:
+        if is_no_space(exc):
+            raise disk_full(path) from None
+        raise
 
 
 def fsync_dir(path: Path) -> None:
@@ -22,8 +77,9 @@ def fsync_dir(path: Path) -> None:
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with space_checked(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -31,8 +87,10 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise disk_full(path) from None
         raise
 
 
@@ -46,10 +104,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 @contextmanager
 def directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Fill a temporary sibling directory, fsync it, then rename it into place (replacing an old one)."""
+    """Fill a temporary sibling directory, fsync it, then rename it into place (replacing an old one).
+    A full disk while the block fills it (whichever library writes) is a DiskFull naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with space_checked(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for f in tmp.rglob("*"):
@@ -65,8 +125,10 @@ def directory(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(exc):
+            raise disk_full(path) from None
         raise
 
 

@@ -82,6 +82,13 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def _torch_save(obj, path: Path) -> None:
+    """torch.save through a Python file object: a full disk then surfaces as the OSError (ENOSPC) that
+    atomic.directory reports, where torch.save to a path says only 'unexpected pos 704 vs 598'."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
@@ -125,13 +132,13 @@ class Checkpointer:
         with atomic.directory(target) as tmp:
             save_file(gathered["adapter"] if gathered else trainable_state(strategy.model),
                       str(tmp / "adapter.safetensors"))
-            torch.save({"optimizer": gathered["optimizer"] if gathered else strategy.optimizer.state_dict(),
-                        "scheduler": strategy.scheduler.state_dict() if strategy.scheduler else None},
-                       tmp / "optimizer.pt")
-            torch.save({type(p).__name__: p.state_dict() for p in plugins if hasattr(p, "state_dict")},
-                       tmp / "plugins.pt")
+            _torch_save({"optimizer": gathered["optimizer"] if gathered else strategy.optimizer.state_dict(),
+                         "scheduler": strategy.scheduler.state_dict() if strategy.scheduler else None},
+                        tmp / "optimizer.pt")
+            _torch_save({type(p).__name__: p.state_dict() for p in plugins if hasattr(p, "state_dict")},
+                        tmp / "plugins.pt")
             tensors, plain = rng_state()
-            torch.save(tensors, tmp / "rng.pt")
+            _torch_save(tensors, tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps({
                 "position": position, "global_step": strategy.global_step, "rng": plain,
                 "results": store.to_json(),

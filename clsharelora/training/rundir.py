@@ -381,8 +381,9 @@ def claim(run_dir: Path, config: RunConfig, ident: dict, stream: Stream, *, resu
     try:
         resume_from, cleaned = None, []
         if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock = RunLock(run_dir).acquire()
+            with atomic.space_checked(run_dir / LOCK):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_dir).acquire()
             continuing = check_existing(run_dir, config, ident, resume=resume, name_given=name_given)
             for folder in (run_dir, run_dir / "checkpoints", run_dir / "adapters", run_dir / "items"):
                 cleaned += [f"{folder.name}/{name}" for name in atomic.recover(folder)]

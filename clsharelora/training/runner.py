@@ -21,7 +21,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from .. import hardware, models, registry
+from .. import atomic, hardware, models, registry
 from ..benchmarks.scenario import make_benchmark
 from ..benchmarks.stream import Stream, load_stream
 from ..config import RunConfig, accumulation_steps
@@ -160,7 +160,8 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
     out = []
     for name in filter(None, cfg.loggers.split(",")):
         if name == "text":
-            out.append(RowTextLogger(open(run_dir / "log.txt", "a", buffering=1)))
+            with atomic.space_checked(run_dir / "log.txt"):
+                out.append(RowTextLogger(open(run_dir / "log.txt", "a", buffering=1)))
         elif name == "tensorboard":
             from avalanche.logging import TensorboardLogger
 
@@ -284,8 +285,10 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True, share
                 print(f"resuming {run_dir} from {claim.resume_from.name}: {store.done} experience(s) done",
                       flush=True)
         try:
-            for experience in prep.cl.schedule(list(benchmark.train_stream))[start:]:  # joint training: one
-                strategy.train(experience)
+            # a full disk under a write that is not atomic's (log.txt, tensorboard): one error naming the run
+            with atomic.space_checked(run_dir):
+                for experience in prep.cl.schedule(list(benchmark.train_stream))[start:]:  # joint training: one
+                    strategy.train(experience)
         finally:
             for logger in loggers:
                 if isinstance(logger, RowTextLogger):
