@@ -122,16 +122,31 @@ def _load_model(prep: Prepared, device: torch.device):
 
 
 class ExperienceDone(SupervisedPlugin, supports_distributed=True):
-    """Persists after each experience, in crash-safe order: checkpoint (with the new row) then results.json."""
+    """Publishes every new row of R, in crash-safe order: its items and adapter (ScoringPlugin), then a
+    checkpoint holding the row, then results.json. So a row a reader (or a resumed run) sees is in the
+    checkpoint that `--resume` continues from and is never scored again. Row 0 (the untrained model, scored in
+    ScoringPlugin.before_training_exp) gets its own checkpoint at step 0; the others the end-of-experience one."""
 
     def __init__(self, checkpoint: CheckpointPlugin, store: ResultsStore, run_dir: Path, dist: Dist):
         super().__init__()
         self.checkpoint, self.store, self.run_dir, self.dist = checkpoint, store, run_dir, dist
+        self.published = 0
+
+    def before_training(self, strategy, **kwargs):
+        self.published = len(self.store.rows)   # rows restored from a checkpoint, or published before
+
+    def before_training_exp(self, strategy, **kwargs):
+        if len(self.store.rows) > self.published:   # row 0 was just scored
+            self._publish(strategy, completed=False)
 
     def after_training_exp(self, strategy, **kwargs):
-        self.checkpoint.save(strategy, completed=True)
+        self._publish(strategy, completed=True)
+
+    def _publish(self, strategy, *, completed: bool) -> None:
+        self.checkpoint.save(strategy, completed=completed)
         if self.dist.is_main:
             self.store.write(self.run_dir)
+        self.published = len(self.store.rows)
 
 
 class RowTextLogger(TextLogger):
