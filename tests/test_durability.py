@@ -330,6 +330,17 @@ def test_a_full_disk_is_one_error_loses_nothing_and_resume_finishes_the_run(refe
     assert _final(out) == _final(root / "ref")
 
 
+def test_a_report_on_a_full_disk_is_one_error(reference, small_disk, capsys):
+    """Failed before: exit 1 and the bare OSError text."""
+    _, root = reference
+    _fill(small_disk, leave_bytes=60 << 10)
+    capsys.readouterr()
+    assert main(["report", str(root / "ref"), "--out", str(small_disk / "report")]) == 2
+    err = _one_error(capsys.readouterr().err)
+    assert err.startswith(f"error: no space left on the disk writing the report under {small_disk / 'report'} (")
+    assert " inodes free there); free some space" in err
+
+
 def test_disk_full_is_recognised_through_library_errors():
     """torch.save into a file object raises RuntimeError with the OSError as its context; safetensors quotes
     the OS message."""
