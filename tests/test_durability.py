@@ -330,6 +330,19 @@ def test_a_full_disk_is_one_error_loses_nothing_and_resume_finishes_the_run(refe
     assert _final(out) == _final(root / "ref")
 
 
+def test_an_atomic_write_on_a_full_disk_keeps_the_old_file_and_no_temporary(small_disk):
+    """The writer of results.json, the R CSVs, items and identity: the old content stays, nothing else."""
+    from clsharelora.errors import DiskFull
+
+    target = small_disk / "results.json"
+    atomic.write_json(target, {"scores": [[1]]})
+    _fill(small_disk, leave_bytes=16 << 10)
+    with pytest.raises(DiskFull, match=rf"^no space left on the disk writing {target} \(.* inodes free there\)"):
+        atomic.write_json(target, {"scores": [[1], [2] * 100_000]})
+    assert json.loads(target.read_text()) == {"scores": [[1]]}
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "results.json"]
+
+
 def test_a_report_on_a_full_disk_is_one_error(reference, small_disk, capsys):
     """Failed before: exit 1 and the bare OSError text."""
     _, root = reference
