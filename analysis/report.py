@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from clsharelora.errors import DataError, UserError
+from clsharelora import atomic
+from clsharelora.errors import DataError, DiskFull, UserError
 
 from . import tables
 from .curves import Z95, plot_forgetting_curves
@@ -366,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
+        if atomic.is_no_space(exc):   # a full disk: where, and the space left there (exit 2, like the runs)
+            print(f"error: no space left on the disk writing the report under {args.out} "
+                  f"({atomic.free_space(args.out)} there); free some space and run report again", file=sys.stderr)
+            return DiskFull.exit_code
         print(f"error: cannot write the report under {args.out}: {exc}", file=sys.stderr)
         return 1
     print(f"report: {args.out / 'report.html'} ({len(runs)} runs)")

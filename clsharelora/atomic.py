@@ -1,8 +1,10 @@
 """Crash-safe writes: a reader (or a resumed run) sees the old file or the new one, never half of one;
-and the clean-up of what a killed writer left behind."""
+the clean-up of what a killed writer left behind; and a full disk turned into one `DiskFull` error that
+names the path and the space left (the temporary removed, the old file untouched)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -10,6 +12,59 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import DiskFull
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = tuple(os.strerror(code) for code in _NO_SPACE)   # "No space left on device", ...
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` comes from a full disk (blocks, inodes or quota): an OSError with ENOSPC/EDQUOT anywhere
+    in its chain, or a library error whose message quotes it (safetensors' SafetensorError; torch.save into a
+    file object raises a RuntimeError whose context is the OSError)."""
+    if isinstance(exc, DiskFull):   # already said, with the path that failed
+        return False
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        if any(text in str(exc) for text in _NO_SPACE_TEXT):
+            return True
+        exc, seen = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__), seen + 1
+    return False
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """'1.5 MiB and 12 inodes free' on the file system holding `path` (its nearest existing ancestor)."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "free space unknown"
+    free = st.f_bavail * st.f_frsize
+    size = next(f"{free / 2 ** (10 * k):.1f} {unit}" for k, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB"), (0, "B"))
+                if free >= 2 ** (10 * k) or k == 0)
+    return f"{size} and {st.f_favail} inodes free"
+
+
+def disk_full(path: str | os.PathLike) -> DiskFull:
+    return DiskFull(f"no space left on the disk writing {path} ({free_space(path)} there); nothing half-written "
+                    f"was kept: free some space, then run the same command again (add --resume to continue a run)")
+
+
+@contextmanager
+def space_checked(path: str | os.PathLike) -> Iterator[None]:
+    """For writes that do not go through this module (a lock file, a log): a full disk inside the block is a
+    DiskFull naming `path`."""
+    try:
+        yield
+    except Exception as exc:
+        if is_no_space(exc):
+            raise disk_full(path) from None
+        raise
 
 
 def fsync_dir(path: Path) -> None:
@@ -57,9 +112,10 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     mode 0666 so the kernel applies the umask (a file a collaborator can read under umask 022), unlike
     mkstemp's fixed 0600."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with space_checked(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -67,8 +123,10 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise disk_full(path) from None
         raise
 
 
@@ -83,11 +141,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 @contextmanager
 def directory(path: str | os.PathLike) -> Iterator[Path]:
     """Fill a temporary sibling directory, fsync it, then rename it into place (replacing an old one). The
-    directory is created with mode 0777 less the umask, like every other folder of a run (mkdtemp's is 0700)."""
+    directory is created with mode 0777 less the umask, like every other folder of a run (mkdtemp's is 0700).
+    A full disk while the block fills it (whichever library writes) is a DiskFull naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(path)
-    os.mkdir(tmp, 0o777)
+    with space_checked(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_name(path)
+        os.mkdir(tmp, 0o777)
     try:
         yield tmp
         follow_umask(tmp)
@@ -104,8 +164,10 @@ def directory(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(exc):
+            raise disk_full(path) from None
         raise
 
 

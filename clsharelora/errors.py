@@ -11,6 +11,11 @@ class ConfigError(UserError):
     """A config/stream/CLI value is malformed, unknown or impossible."""
 
 
+class DiskFull(UserError):
+    """A write found no space (blocks, inodes or quota) on its file system; what was published stays intact
+    (clsharelora/atomic.py), so the same command with --resume continues once space is freed. Exit code 2."""
+
+
 class DataError(UserError):
     """A data file is missing, corrupt, or holds an unexpected value (message names file and line)."""
 

@@ -330,10 +330,10 @@ def test_joint_sees_every_item_once_in_proportion(streams, monkeypatch):
 # ------------------------------------------------------------------------------------------ kill + resume
 @pytest.mark.slow
 @pytest.mark.parametrize("adapter, cl, sets, kill_at", [
-    ("lora", "olora", {"cl__lambda_1": 50.0}, "step-00000004-exp-1"),
-    ("sharelora:share_a", "olora", {"cl__lambda_2": 0.01}, "step-00000003-exp-1"),
-    ("lora", "lwf", {}, "step-00000005-exp-1"),
-    ("lora", "joint", {}, "step-00000003-exp-0"),
+    ("lora", "olora", {"cl__lambda_1": 50.0}, "step-00000004-done-1"),
+    ("sharelora:share_a", "olora", {"cl__lambda_2": 0.01}, "step-00000003-done-1"),
+    ("lora", "lwf", {}, "step-00000005-done-1"),
+    ("lora", "joint", {}, "step-00000003-done-0"),
 ])
 def test_kill_and_resume_is_identical(streams, monkeypatch, adapter, cl, sets, kill_at):
     stream = streams / ("joint.yaml" if cl == "joint" else "s.yaml")

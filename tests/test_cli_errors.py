@@ -85,7 +85,8 @@ def _locked(tmp_path: Path) -> list[str]:
 def _holding_run(tmp_path: Path, resume: bool) -> list[str]:
     out = tmp_path / "out"
     out.mkdir()
-    (out / "config.yaml").write_text(yaml.safe_dump({"model": "smollm2-135m", "seed": 5}))
+    (out / "identity.json").write_text(json.dumps({"config": {"model": "smollm2-135m", "seed": 5},
+                                                   "stream": {"content": {}}, "data": {"sha256": {}}}))
     return ["--resume"] if resume else []
 
 

@@ -217,7 +217,6 @@ def test_legacy_checkpoint_names_without_checksums_still_resume(reference):
     (older / "checksums.json").unlink()
     older.rename(out / "checkpoints" / "step-00000013-exp-1")
     (out / "checkpoints" / "LATEST").write_text("step-00000013-exp-1\n")
-    (out / "identity.json").unlink()   # older runs had none: the config is compared, rows are checked
     done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
@@ -228,13 +227,11 @@ def test_legacy_checkpoint_names_without_checksums_still_resume(reference):
 
 
 def _with_own_stream(root: Path, name: str) -> tuple[Path, Path]:
-    """A copy of the finished run that points at its own copy of the stream file (so it can be edited)."""
+    """A copy of the finished run and its own copy of the stream file (so it can be edited); a run is
+    identified by its stream's content, not the file's path."""
     out = _copy_run(root, name)
     stream = root / f"{name}.yaml"
     stream.write_text(STREAM)
-    for file in ("config.yaml", "identity.json"):
-        text = (out / file).read_text()
-        (out / file).write_text(text.replace(str(root / "stream.yaml"), str(stream)))
     return out, stream
 
 
@@ -254,12 +251,15 @@ def test_resume_refuses_a_stream_edited_in_place_naming_keys_and_experiences(ref
     assert _tree(out) == before
 
 
-def test_rows_of_other_tasks_are_refused_even_without_identity(reference):
+def test_rows_of_other_tasks_are_refused(reference):
+    """The rows on disk are checked against the stream's tasks too (on top of identity.json's stream)."""
+    from clsharelora.benchmarks.stream import load_stream
+    from clsharelora.errors import UserError
+    from clsharelora.training.rundir import check_results_rows
+
     root = reference[1]
-    out, stream = _with_own_stream(root, "retasked")
-    (out / "identity.json").unlink()
+    stream = root / "retasked.yaml"
     stream.write_text(STREAM.replace("eval: {task: mmlu, n: 4, shots: 1}", "eval: {task: mmlu_pro, n: 4, shots: 1}"))
-    done = subprocess.run(_cmd(stream, out, "--resume"), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    assert re.search(r"^error: .*results.json scores tasks \['gsm8k', 'mmlu'\], but the stream's tasks are "
-                     r"\['gsm8k', 'mmlu_pro'\]", done.stderr, re.M), done.stderr
+    with pytest.raises(UserError, match=r"results.json scores tasks \['gsm8k', 'mmlu'\], but the stream's tasks "
+                                        r"are \['gsm8k', 'mmlu_pro'\]"):
+        check_results_rows(root / "ref", load_stream(str(stream)))

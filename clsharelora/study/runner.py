@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..hardware import read_cpuinfo, usable_cpus
 from ..pathsafe import check_inside
 from ..training.run_pool import RunJob, run_pool, split_cpus
+from ..training.rundir import holds_run
 from .grid import Cell, Study, dump, label_dir, load_study
 
 
@@ -39,7 +40,8 @@ def cell_paths(root: Path, cell: Cell) -> dict[str, Path]:
 
 
 def cell_state(run_dir: Path) -> str:
-    """done (results.json complete), partial (a run was started: resume it) or todo."""
+    """done (results.json complete), partial (a run holds its identity: resume it) or todo (nothing, or a
+    start stopped before its identity.json: a lock and temporaries only)."""
     results = run_dir / "results.json"
     if results.is_file():
         try:
@@ -47,7 +49,7 @@ def cell_state(run_dir: Path) -> str:
                 return "done"
         except (OSError, json.JSONDecodeError):
             pass
-    return "partial" if run_dir.is_dir() and any(run_dir.iterdir()) else "todo"
+    return "partial" if holds_run(run_dir) else "todo"
 
 
 def _prepare_dir(study: Study, root: Path, resume: bool) -> None:

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from .. import atomic
 from ..errors import UserError
 from . import engine
+from .results import ResultsStore
 
 LATEST = "LATEST"
 CHECKSUMS = "checksums.json"
@@ -82,6 +83,13 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def _torch_save(obj, path: Path) -> None:
+    """torch.save through a Python file object: a full disk then surfaces as the OSError (ENOSPC) that
+    atomic.directory reports, where torch.save to a path says only 'unexpected pos 704 vs 598'."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
@@ -125,13 +133,13 @@ class Checkpointer:
         with atomic.directory(target) as tmp:
             save_file(gathered["adapter"] if gathered else trainable_state(strategy.model),
                       str(tmp / "adapter.safetensors"))
-            torch.save({"optimizer": gathered["optimizer"] if gathered else strategy.optimizer.state_dict(),
-                        "scheduler": strategy.scheduler.state_dict() if strategy.scheduler else None},
-                       tmp / "optimizer.pt")
-            torch.save({type(p).__name__: p.state_dict() for p in plugins if hasattr(p, "state_dict")},
-                       tmp / "plugins.pt")
+            _torch_save({"optimizer": gathered["optimizer"] if gathered else strategy.optimizer.state_dict(),
+                         "scheduler": strategy.scheduler.state_dict() if strategy.scheduler else None},
+                        tmp / "optimizer.pt")
+            _torch_save({type(p).__name__: p.state_dict() for p in plugins if hasattr(p, "state_dict")},
+                        tmp / "plugins.pt")
             tensors, plain = rng_state()
-            torch.save(tensors, tmp / "rng.pt")
+            _torch_save(tensors, tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps({
                 "position": position, "global_step": strategy.global_step, "rng": plain,
                 "results": store.to_json(),
@@ -177,6 +185,21 @@ class Checkpointer:
         return None
 
     @staticmethod
+    def read_state(path: Path) -> dict:
+        """state.json, checked to hold what `save` writes: a checksum only says its bytes are the ones written,
+        and a resume must never stop on a KeyError in the middle of restoring. Anything else is a UserError."""
+        file = path / "state.json"
+        try:
+            state = json.loads(file.read_text())
+            why = _state_problem(state)
+        except (OSError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if why:
+            raise UserError(f"checkpoint {path}: state.json is not a checkpoint state ({why}); move the checkpoint "
+                            f"away to resume from an older one, or choose another --out")
+        return state
+
+    @staticmethod
     def read(path: Path) -> dict:
         """Everything `save` wrote; a file that cannot be parsed is a UserError naming it (never a traceback)."""
         def load(name, reader):
@@ -187,12 +210,40 @@ class Checkpointer:
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); move the checkpoint "
                                 f"away to resume from an older one") from None
 
-        state = load("state.json", lambda p: json.loads(p.read_text()))
+        state = Checkpointer.read_state(path)
         state["adapter"] = load("adapter.safetensors", lambda p: load_file(str(p)))
         state["optimizer"] = load("optimizer.pt", lambda p: torch.load(p, weights_only=True))
         state["plugins"] = load("plugins.pt", lambda p: torch.load(p, weights_only=False))
         state["rng_tensors"] = load("rng.pt", lambda p: torch.load(p, weights_only=True))
         return state
+
+
+def _state_problem(state) -> str | None:
+    """What is wrong with a parsed state.json (None when it has the shape `Checkpointer.save` writes)."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    position = state.get("position")
+    if not isinstance(position, dict):
+        return "no 'position' object"
+    for key in ("exp_index", "epoch", "microbatch", "exp_step"):
+        value = position.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"position.{key} is {value!r}, not a count"
+    step = state.get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"global_step is {step!r}, not a count"
+    rng = state.get("rng")
+    if not (isinstance(rng, dict) and isinstance(rng.get("python"), list) and len(rng["python"]) == 3
+            and isinstance(rng.get("numpy"), list) and len(rng["numpy"]) == 5):
+        return "no python/numpy random states under 'rng'"
+    results = state.get("results")
+    try:
+        store = ResultsStore.from_json(results)
+        if not all(isinstance(row, list) and all(isinstance(c, dict) for c in row) for row in store.rows):
+            raise TypeError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "no results object with run, tasks, experiences and rows of scores"
+    return None
 
 
 def load_trainable(model, tensors: dict[str, torch.Tensor]) -> None:

@@ -1,5 +1,6 @@
 """The run directory's integrity: where it may be, who writes into it (an exclusive lock), what run it holds
-(its identity: config, stream content, data file hashes) and whether `--resume` may continue it.
+(its identity: config, stream content, data file hashes; identity.json, the run's first record) and whether
+`--resume` may continue it.
 
 Nothing here creates anything until `RunDirectory.claim`, which the runner calls only after every input has
 been validated.
@@ -143,15 +144,18 @@ class RunLock:
 
 # -------------------------------------------------------------------------------------------- identity
 def resolved_config_dict(config: RunConfig) -> dict:
-    """What identifies a run: its config without the output location, and without train.engine at its
-    default (ddp): runs written before that key existed were DDP runs and still resume; an fsdp run keeps it,
-    so it cannot be resumed under the other engine (its checkpoints hold optimizer state keyed by name)."""
+    """What identifies a run: its config without the output location, without the paths of the stream file
+    and the data root (the stream's parsed content and the data files' hashes identify those, so
+    `streams/x.yaml` and `/abs/streams/x.yaml` are the same run), and without train.engine at its default
+    (ddp): runs written before that key existed were DDP runs and still resume; an fsdp run keeps it, so it
+    cannot be resumed under the other engine (its checkpoints hold optimizer state keyed by name)."""
     return _identifying(config.to_dict())
 
 
 def _identifying(data: dict) -> dict:
-    """A config dict (resolved, or read back from config.yaml) as it identifies a run (resolved_config_dict)."""
-    data.pop("out", None)
+    """A config dict (resolved, or read back from an identity.json) as it identifies a run (resolved_config_dict)."""
+    for where in ("out", "stream", "data_root"):
+        data.pop(where, None)
     train = data.get("train")
     if isinstance(train, dict) and train.get("engine") == "ddp":
         train.pop("engine")
@@ -261,18 +265,23 @@ def _refuse(run_dir: Path, what: str, differences: list[str]) -> UserError:
 
 # ----------------------------------------------------------------------------------------------- checks
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / CONFIG).is_file()
+    """identity.json is the run's first record (claim writes it before anything else); config.yaml alone is
+    a run of a version before identities, or one whose identity was lost: check_existing refuses both."""
+    return (run_dir / IDENTITY).is_file() or (run_dir / CONFIG).is_file()
 
 
 def _is_empty(run_dir: Path) -> bool:
-    return not run_dir.exists() or all(p.name == LOCK for p in run_dir.iterdir())
+    """Nothing but the lock and temporaries of interrupted atomic writes (claim removes those): a run killed
+    (or out of space) before its identity.json was complete starts afresh."""
+    return not run_dir.exists() or all(p.name == LOCK or (p.name.startswith(".") and p.name.endswith(".tmp"))
+                                       for p in run_dir.iterdir())
 
 
 def check_existing(run_dir: Path, config: RunConfig, ident: dict, *, resume: bool, name_given: bool = True) -> bool:
     """Read-only: may this run start (False) or continue (True) in run_dir? Compares the saved config
     (dotted keys), the stream's parsed content (experiences and keys) and the data files' hashes."""
     if _is_empty(run_dir):
-        if resume:
+        if resume and not (run_dir / LOCK).is_file():   # a lock: a run was started here, stopped before its identity
             raise UserError(f"--resume: {run_dir} holds no run to resume")
         return False
     if not holds_run(run_dir):
@@ -280,20 +289,18 @@ def check_existing(run_dir: Path, config: RunConfig, ident: dict, *, resume: boo
     if not resume:
         raise UserError(f"output dir {run_dir} already holds a run: add --resume to continue it, "
                         f"or choose another --out")
-    try:
-        old = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{run_dir / CONFIG}: unreadable ({type(exc).__name__}); cannot check what run this is")
-    old = _identifying(old) if isinstance(old, dict) else old
+    saved = _saved_identity(run_dir)
+    if saved is None:
+        raise UserError(f"output dir {run_dir} holds a run without {IDENTITY} (written by a version before run "
+                        f"identities, or its identity was removed): its stream and data cannot be checked, so it "
+                        f"is not resumed; start the run in another --out (this one stays readable by `report`)")
+    old = _identifying(dict(saved["config"]))
     new = dict(ident["config"])
     if not name_given:  # the default name may have changed between versions; a given one must match
         new["name"] = old.get("name")
     differing = dotted_differences(old, new)
     if differing:
         raise _refuse(run_dir, "config", differing)
-    saved = _saved_identity(run_dir)
-    if saved is None:  # run directories of versions before identity.json: the config is all there is
-        return True
     differing = stream_differences(saved["stream"]["content"], ident["stream"]["content"])
     if differing:
         raise _refuse(run_dir, f"stream {ident['stream']['path']}", differing)
@@ -306,8 +313,7 @@ def check_existing(run_dir: Path, config: RunConfig, ident: dict, *, resume: boo
 
 
 def check_results_rows(run_dir: Path, stream: Stream) -> None:
-    """Read-only: the rows already in results.json score the stream's tasks (runs without identity.json
-    have nothing else that would notice a stream edited in place)."""
+    """Read-only: the rows already in results.json score the stream's tasks, in its order."""
     if (run_dir / "results.json").is_file():
         check_rows(str(run_dir / "results.json"), _json(run_dir / "results.json"), stream)
 
@@ -318,10 +324,13 @@ def _saved_identity(run_dir: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text())
-        data["stream"]["content"], data["data"]["sha256"]
+        if not all(isinstance(part, dict) for part in (data["config"], data["stream"]["content"],
+                                                         data["data"]["sha256"])):
+            raise TypeError
         return data
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path}: unreadable; cannot check what run this is") from None
+        raise UserError(f"{path}: unreadable or not a run identity; cannot check what run this is (choose "
+                        f"another --out)") from None
 
 
 def check_rows(where: str, results: dict, stream: Stream) -> None:
@@ -372,8 +381,9 @@ def claim(run_dir: Path, config: RunConfig, ident: dict, stream: Stream, *, resu
     try:
         resume_from, cleaned = None, []
         if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock = RunLock(run_dir).acquire()
+            with atomic.space_checked(run_dir / LOCK):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_dir).acquire()
             continuing = check_existing(run_dir, config, ident, resume=resume, name_given=name_given)
             for folder in (run_dir, run_dir / "checkpoints", run_dir / "adapters", run_dir / "items"):
                 cleaned += [f"{folder.name}/{name}" for name in atomic.recover(folder)]
@@ -385,10 +395,11 @@ def claim(run_dir: Path, config: RunConfig, ident: dict, stream: Stream, *, resu
                 resume_from = Checkpointer(run_dir).latest(remove_corrupt=True)
                 if resume_from is not None:
                     check_rows(str(resume_from), _state_results(resume_from), stream)
+            # the identity first: it is what makes this directory a run (holds_run); a kill or a full disk
+            # before it is complete leaves a directory that check_existing treats as empty
+            atomic.write_json(run_dir / IDENTITY, ident)
             atomic.write_text(run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
             atomic.write_json(run_dir / "environment.json", environment())
-            if not continuing or (run_dir / IDENTITY).is_file():
-                atomic.write_json(run_dir / IDENTITY, ident)
         barrier()
         if not is_main and resume:  # the main process has checked the directory and removed corrupt checkpoints
             resume_from = Checkpointer(run_dir).latest()
@@ -406,4 +417,4 @@ def _json(path: Path) -> dict:
 
 
 def _state_results(checkpoint: Path) -> dict:
-    return _json(checkpoint / "state.json").get("results", {})
+    return Checkpointer.read_state(checkpoint)["results"]

@@ -21,7 +21,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from .. import hardware, models, pathsafe, registry
+from .. import atomic, hardware, models, pathsafe, registry
 from ..benchmarks.scenario import make_benchmark, training_records
 from ..benchmarks.stream import Stream, load_stream
 from ..config import RunConfig, accumulation_steps, validate
@@ -151,16 +151,31 @@ def _load_model(prep: Prepared, device: torch.device):
 
 
 class ExperienceDone(SupervisedPlugin, supports_distributed=True):
-    """Persists after each experience, in crash-safe order: checkpoint (with the new row) then results.json."""
+    """Publishes every new row of R, in crash-safe order: its items and adapter (ScoringPlugin), then a
+    checkpoint holding the row, then results.json. So a row a reader (or a resumed run) sees is in the
+    checkpoint that `--resume` continues from and is never scored again. Row 0 (the untrained model, scored in
+    ScoringPlugin.before_training_exp) gets its own checkpoint at step 0; the others the end-of-experience one."""
 
     def __init__(self, checkpoint: CheckpointPlugin, store: ResultsStore, run_dir: Path, dist: Dist):
         super().__init__()
         self.checkpoint, self.store, self.run_dir, self.dist = checkpoint, store, run_dir, dist
+        self.published = 0
+
+    def before_training(self, strategy, **kwargs):
+        self.published = len(self.store.rows)   # rows restored from a checkpoint, or published before
+
+    def before_training_exp(self, strategy, **kwargs):
+        if len(self.store.rows) > self.published:   # row 0 was just scored
+            self._publish(strategy, completed=False)
 
     def after_training_exp(self, strategy, **kwargs):
-        self.checkpoint.save(strategy, completed=True)
+        self._publish(strategy, completed=True)
+
+    def _publish(self, strategy, *, completed: bool) -> None:
+        self.checkpoint.save(strategy, completed=completed)
         if self.dist.is_main:
             self.store.write(self.run_dir)
+        self.published = len(self.store.rows)
 
 
 class RowTextLogger(TextLogger):
@@ -189,7 +204,8 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
     out = []
     for name in filter(None, cfg.loggers.split(",")):
         if name == "text":
-            out.append(RowTextLogger(open(run_dir / "log.txt", "a", buffering=1)))
+            with atomic.space_checked(run_dir / "log.txt"):
+                out.append(RowTextLogger(open(run_dir / "log.txt", "a", buffering=1)))
         elif name == "tensorboard":
             from avalanche.logging import TensorboardLogger
 
@@ -314,8 +330,10 @@ def _run(prep: Prepared, *, resume: bool, progress: bool, shared_row0: str | Pat
                 print(f"resuming {run_dir} from {claim.resume_from.name}: {store.done} experience(s) done",
                       flush=True)
         try:
-            for experience in prep.cl.schedule(list(benchmark.train_stream))[start:]:  # joint training: one
-                strategy.train(experience)
+            # a full disk under a write that is not atomic's (log.txt, tensorboard): one error naming the run
+            with atomic.space_checked(run_dir):
+                for experience in prep.cl.schedule(list(benchmark.train_stream))[start:]:  # joint training: one
+                    strategy.train(experience)
         finally:
             for logger in loggers:
                 if isinstance(logger, RowTextLogger):

@@ -1,7 +1,7 @@
 """ScoringPlugin: after every experience (and once before the first), score every task of the stream.
 
-Each score appends one row to the R matrices, its per-item results go to items/row_<i>.npz, the adapter of
-that experience is saved, and results.json is rewritten atomically. With several processes every task's
+Each score appends one row to the R matrices, its per-item results go to items/row_<i>.npz and the adapter of
+that experience is saved; runner.ExperienceDone then checkpoints and publishes the row in results.json. With several processes every task's
 items are split across the ranks (balanced by prompt length, `evaluation.items.shard_indices`), and the
 per-item results gathered on every rank, so a task's score is computed from exactly the items one process
 would score, whatever the number of ranks. Under FSDP (train.engine=fsdp) every rank must run the same
@@ -105,5 +105,4 @@ class ScoringPlugin(SupervisedPlugin, supports_distributed=True):
             write_items(self.run_dir, len(self.store.rows), items, ids)
         self.store.add_row(row)
         self.store.cost["eval_time_s"] = round(self.eval_time_s, 3)
-        if self.dist.is_main:
-            self.store.write(self.run_dir)
+        # results.json gets the row from runner.ExperienceDone, once a checkpoint holding it is on disk
