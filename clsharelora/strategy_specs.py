@@ -37,14 +37,15 @@ class Spec:
 
     @property
     def label(self) -> str:
-        """The run folder: lora, sharelora-share_a, lora-ewc, lora-ewc-ewc_lambda=100 (options sorted)."""
+        """The run folder: lora, sharelora-share_a, lora-ewc, lora-ewc-ewc_lambda_100 (options sorted; only the
+        characters pathsafe's name rule allows)."""
         parts = [self.adapter, *_pairs(self.adapter_options), *([self.variant] if self.variant else []),
                  *([self.cl] if self.cl != "naive" or self.cl_options else []), *_pairs(self.cl_options)]
-        return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", "-".join(parts)).strip("-.")
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", "-".join(parts)).strip("-.")
 
 
 def _pairs(options: dict[str, Any]) -> list[str]:
-    return [f"{k}={v}" for k, v in sorted(options.items())]
+    return [f"{k}_{v}" for k, v in sorted(options.items())]
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:

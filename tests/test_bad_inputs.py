@@ -88,9 +88,9 @@ CASES = {
     "run name leading dot": (lambda t: run(t, "--name", ".hidden", "--out", str(t / "out")), r"run name '\.hidden'"),
     "run name absolute": (lambda t: run(t, "--name", "/tmp/x"), r"run name '/tmp/x' \(from --name\)"),
     "compare label with ..": (lambda t: compare(t, "lora,lora:../../x"),
-                              r"strategy label 'lora-\.\./\.\./x' \(from --strategies entry 'lora:\.\./\.\./x'\)"),
-    "compare same folder twice": (lambda t: compare(t, "lora,sharelora,lora"), r"'lora' gives the run folder 'lora' a "
-                                                                               r"second time"),
+                              r"strategy 'lora:\.\./\.\./x' is not a strategy spec"),
+    "compare same run twice": (lambda t: compare(t, "lora,sharelora,lora"),
+                               r"strategies 'lora' and 'lora' resolve to the same run"),
     "compare run folder a link out": (lambda t: compare(t, "lora", _linked_out(t, "lora")),
                                       r"run folder of 'lora': .*resolves to .*elsewhere, outside --out"),
     "study runs folder a link out": (lambda t: study(t, "strategies: [lora]\nseeds: [0]\n", out=_linked_out(t, "runs")),

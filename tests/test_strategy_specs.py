@@ -31,7 +31,7 @@ def test_a_spec_without_cl_trains_naively_whatever_the_config_says(tmp_path, tin
     assert ewc.cl == {"name": "ewc", "ewc_lambda": 100, "mode": "online"}
     assert ewc.adapter == {"name": "sharelora", "r": 2, "variant": "share_b"}
     assert [c.name for c in (lora, replay, ewc)] == ["lora", "lora-replay",
-                                                     "sharelora-share_b-ewc-ewc_lambda=100-mode=online"]
+                                                     "sharelora-share_b-ewc-ewc_lambda_100-mode_online"]
     assert "the config's cl: block" in capsys.readouterr().err   # said once, not silently dropped
 
 
