@@ -1,5 +1,5 @@
 """Part 1: LoRA vs ShareA / ShareB / ShareAB on the same batches: trainable parameters, optimizer-state
-bytes, peak memory and step time, with ratios to LoRA.
+bytes, peak memory and step time, with ratios to LoRA, and each step's MFU (mfu.py).
 
 The step is the bare loop every adapter sees (forward under bf16 autocast, fp32 on a CPU without native bf16, token-mean loss, backward,
 clip to norm 1, AdamW step): what differs between variants is only the adapter. Step times are taken in
@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .mfu import matmul_peak, peak_line, step_mfu
 from .timing import PeakMemory, interleaved, paired_ratio, run_isolated, summarize, timed
 
 VARIANTS = ("lora", "share_a", "share_b", "share_ab")
@@ -150,9 +151,10 @@ def profile_steps(model_name: str, variants: Sequence[str], r: int, batch: int, 
 
 
 def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int, device: str | None,
-        profile_on_miss: bool = True, isolate: bool = True, log=print) -> dict[str, Any]:
+        profile_on_miss: bool = True, isolate: bool = True, peak_n: int | None = None, log=print) -> dict[str, Any]:
     """The part-1 table: interleaved step times in this process, memory per variant in fresh processes
-    (`isolate=False`, for the CI smoke only: in this process, after the others, so not a clean figure)."""
+    (`isolate=False`, for the CI smoke only: in this process, after the others, so not a clean figure).
+    `peak_n`: size of the MFU matmul microbench (None: mfu.PEAK_N of the device type)."""
     from clsharelora.adapters.counting import count_trainable, optimizer_state_bytes
 
     dev = pick_device(device)
@@ -174,10 +176,14 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
     t0 = time.perf_counter()
     times = interleaved({v: stepper(v) for v in VARIANTS}, warmup=warmup, reps=reps, device=dev)
     log(f"[adapters] timing done in {time.perf_counter() - t0:.0f} s")
+    peak = matmul_peak(dev, torch.bfloat16 if bf16_used(dev) else torch.float32, peak_n)
+    log(f"[adapters] {peak_line(peak)}")
     rows = {}
     for v in VARIANTS:
         model, optimizer = built[v]
         rows[v] = {"trainable_params": count_trainable(model),
+                   "mfu": step_mfu(summarize(times[v])["median"], sum(p.numel() for p in model.parameters()),
+                                   batch * seq, peak),
                    "expected_params": adapter_strategy(v, r).expected_params(model.base_model.model.config),
                    "optimizer_state_bytes": optimizer_state_bytes(optimizer),
                    "step_time": summarize(times[v])}
@@ -207,7 +213,7 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
             row["state_proportional"] = abs(row["state_bytes_per_param"] / state_per_param_lora - 1) <= STATE_TOLERANCE
     result = {"model": model_name, "device": str(dev), "r": r, "batch": batch, "seq": seq,
               "bf16_autocast": bf16_used(dev),
-              "warmup": warmup, "reps": reps, "variants": rows,
+              "warmup": warmup, "reps": reps, "variants": rows, "mfu_peak": peak,
               "targets": {"step_ratio_max": STEP_TARGET, "state_bytes_per_param_tolerance": STATE_TOLERANCE},
               "peak_memory_note": ("fresh subprocess per variant; " if isolate else "NOT isolated (smoke); ") + (
                   "CUDA max_memory_allocated" if dev.type == "cuda" else

@@ -26,6 +26,7 @@ from typing import Any
 
 from clsharelora.errors import UserError
 
+from .mfu import mfu_lines
 from .timing import PROJECT_ROOT, fmt_stats
 
 PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync", "evalshard",
@@ -43,7 +44,7 @@ FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2,
             gradsync_batch=2, gradsync_seq=128, gradsync_steps=4, gradsync_blocks=5,
             evalshard_n=48, evalshard_shots=5, evalshard_reps=2,
-            batching_reps=3, batching_mmlu_n=32, batching_seq=64)
+            batching_reps=3, batching_mmlu_n=32, batching_seq=64, mfu_peak_n=None)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
              overhead_reps=1,
              overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, gsm8k_new_tokens=4,
@@ -53,7 +54,7 @@ QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhe
              neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1,
              gradsync_batch=1, gradsync_seq=16, gradsync_steps=1, gradsync_blocks=1,
              evalshard_n=4, evalshard_shots=0, evalshard_reps=1,
-             batching_reps=1, batching_mmlu_n=4, batching_seq=8)
+             batching_reps=1, batching_mmlu_n=4, batching_seq=8, mfu_peak_n=128)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -151,7 +152,7 @@ def table_adapters(res: dict) -> list[str]:
             f" {x['peak_memory_ratio']:6.3f} {fmt_stats(x['step_time']):>24s} "
             f"{pr['median']:6.3f} [{spread[0]:.3f}-{spread[1]:.3f}]  {target}")
     lines.append(f"peak memory: {res['peak_memory_note']}")
-    return lines
+    return lines + mfu_lines(res)
 
 
 def table_overhead(res: dict) -> list[str]:
@@ -359,7 +360,7 @@ def run_part(part: str, s: dict, args, log) -> dict:
 
         return adapters.run(model_name=s["model"], r=s["r"], batch=s["batch"], seq=s["seq"], warmup=s["warmup"],
                             reps=s["reps"], device=args.device, profile_on_miss=not args.no_profile,
-                            isolate=s["isolate"], log=log)
+                            isolate=s["isolate"], peak_n=s["mfu_peak_n"], log=log)
     if part == "overhead":
         from . import overhead
 

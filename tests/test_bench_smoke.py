@@ -161,3 +161,17 @@ def test_the_sharding_check_catches_a_misplaced_item():
     flipped["correct"][2] = not flipped["correct"][2]
     assert not same_items(a, flipped)
     assert not same_items(a, {k: v for k, v in a.items() if k != "correct"})
+
+
+def test_adapters_part_reports_each_step_as_mfu_of_the_measured_peak(quick):
+    _, out, printed = quick
+    res = json.loads((out / "adapters.json").read_text())["result"]
+    peak = res["mfu_peak"]
+    assert peak["peak_flop_per_s"] == pytest.approx(peak["flop_per_call"] / peak["seconds"]["min"])
+    for name, row in res["variants"].items():
+        m = row["mfu"]
+        assert m["tokens"] == res["batch"] * res["seq"], name
+        assert m["n_params"] > row["trainable_params"], name   # base + adapter
+        assert m["flop"] == 6 * m["n_params"] * m["tokens"], name
+        assert m["mfu"] == pytest.approx(m["flop"] / row["step_time"]["median"] / peak["peak_flop_per_s"]), name
+    assert "MFU = 6·N·T / median step time / matmul peak" in printed and "matmul peak" in printed
