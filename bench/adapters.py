@@ -18,6 +18,9 @@ from .mfu import matmul_peak, peak_line, step_mfu
 from .timing import PeakMemory, interleaved, paired_ratio, run_isolated, summarize, timed
 
 VARIANTS = ("lora", "share_a", "share_b", "share_ab")
+#: descriptive rows beside the variants (no target): LoRA and ShareA with dropout_masks=per_input (issue #28)
+PER_INPUT = "+per_input"
+ROWS = (*VARIANTS, "lora" + PER_INPUT, "share_a" + PER_INPUT)
 STEP_TARGET = 1.02          # ShareLoRA step time must stay within 2 % of LoRA's (issue #8)
 STATE_TOLERANCE = 0.01      # optimizer-state bytes per trainable parameter equal across variants within 1 %
 
@@ -30,12 +33,15 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def adapter_strategy(variant: str, r: int):
-    """The registry adapter of a variant name, with the project's default alpha/dropout/targets."""
+    """The registry adapter of a variant name (a ROWS entry), with the project's default alpha/dropout/targets;
+    a '+per_input' suffix sets dropout_masks=per_input."""
     from clsharelora import registry
 
+    variant, per_input, _ = variant.partition(PER_INPUT)
+    extra = {"dropout_masks": "per_input"} if per_input else {}
     if variant == "lora":
-        return registry.create("lora", "adapter", r=r)
-    return registry.create("sharelora", "adapter", variant=variant, r=r)
+        return registry.create("lora", "adapter", r=r, **extra)
+    return registry.create("sharelora", "adapter", variant=variant, r=r, **extra)
 
 
 def build(model_name: str, variant: str, r: int, device: torch.device | str, seed: int = 0):
@@ -162,8 +168,8 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         f"{'bf16 autocast' if bf16_used(dev) else 'fp32'}, "
         f"{warmup} warm-up + {reps} interleaved rounds")
     batches = make_batches(model_name, batch=batch, seq=seq, device=dev)
-    built = {v: build(model_name, v, r, dev) for v in VARIANTS}
-    counters = {v: 0 for v in VARIANTS}
+    built = {v: build(model_name, v, r, dev) for v in ROWS}
+    counters = {v: 0 for v in ROWS}
 
     def stepper(variant):
         model, optimizer = built[variant]
@@ -174,12 +180,12 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         return step
 
     t0 = time.perf_counter()
-    times = interleaved({v: stepper(v) for v in VARIANTS}, warmup=warmup, reps=reps, device=dev)
+    times = interleaved({v: stepper(v) for v in ROWS}, warmup=warmup, reps=reps, device=dev)
     log(f"[adapters] timing done in {time.perf_counter() - t0:.0f} s")
     peak = matmul_peak(dev, torch.bfloat16 if bf16_used(dev) else torch.float32, peak_n)
     log(f"[adapters] {peak_line(peak)}")
     rows = {}
-    for v in VARIANTS:
+    for v in ROWS:
         model, optimizer = built[v]
         rows[v] = {"trainable_params": count_trainable(model),
                    "mfu": step_mfu(summarize(times[v])["median"], sum(p.numel() for p in model.parameters()),
@@ -188,7 +194,7 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
                    "optimizer_state_bytes": optimizer_state_bytes(optimizer),
                    "step_time": summarize(times[v])}
     del built
-    for v in VARIANTS:  # fresh process per variant: 1 warm-up + 1 step is enough for the peak (Adam state exists)
+    for v in ROWS:  # fresh process per variant: 1 warm-up + 1 step is enough for the peak (Adam state exists)
         t0 = time.perf_counter()
         kwargs = dict(model_name=model_name, variant=v, r=r, batch=batch, seq=seq, warmup=1 if isolate else 0,
                       reps=1, device=str(dev))
@@ -199,7 +205,7 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
             f"({time.perf_counter() - t0:.0f} s)")
     lora = rows["lora"]
     state_per_param_lora = lora["optimizer_state_bytes"] / lora["trainable_params"]
-    for v in VARIANTS:
+    for v in ROWS:
         row = rows[v]
         row["params_ratio"] = row["trainable_params"] / lora["trainable_params"]
         row["state_ratio"] = row["optimizer_state_bytes"] / lora["optimizer_state_bytes"]
@@ -208,7 +214,7 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         row["step_ratio_of_medians"] = row["step_time"]["median"] / lora["step_time"]["median"]
         row["step_ratio_paired"] = paired_ratio(times[v], times["lora"])
         row["closed_form_ok"] = row["trainable_params"] == row["expected_params"]
-        if v != "lora":
+        if v in VARIANTS and v != "lora":
             row["step_target_met"] = row["step_ratio_paired"]["median"] <= STEP_TARGET
             row["state_proportional"] = abs(row["state_bytes_per_param"] / state_per_param_lora - 1) <= STATE_TOLERANCE
     result = {"model": model_name, "device": str(dev), "r": r, "batch": batch, "seq": seq,

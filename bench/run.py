@@ -139,15 +139,15 @@ def _precision(res: dict) -> str:
 def table_adapters(res: dict) -> list[str]:
     lines = [f"ShareLoRA vs LoRA: {res['model']} on {res['device']}, batch {res['batch']} x {res['seq']} tokens, "
              f"r={res['r']}, {_precision(res)}; step = median [IQR] of {res['reps']} interleaved rounds",
-             f"{'variant':9s} {'trainable':>11s} {'xLoRA':>6s} {'Adam state':>11s} {'xLoRA':>6s} "
+             f"{'variant':17s} {'trainable':>11s} {'xLoRA':>6s} {'Adam state':>11s} {'xLoRA':>6s} "
              f"{'B/param':>7s} {'peak mem':>9s} {'xLoRA':>6s} {'step time':>24s} {'xLoRA paired [IQR]':>21s}  target"]
     for v, x in res["variants"].items():
         pr = x["step_ratio_paired"]
         spread = (pr["q1"], pr["q3"]) if pr["n"] >= 4 else (pr["min"], pr["max"])
-        target = "" if v == "lora" else (
+        target = "" if "step_target_met" not in x else (
             f"{'met' if x['step_target_met'] else 'MISSED'} (<= {res['targets']['step_ratio_max']}x)")
         lines.append(
-            f"{v:9s} {x['trainable_params']:11,d} {x['params_ratio']:6.3f} {x['optimizer_state_bytes'] / MiB:8.2f} MiB"
+            f"{v:17s} {x['trainable_params']:11,d} {x['params_ratio']:6.3f} {x['optimizer_state_bytes'] / MiB:8.2f} MiB"
             f" {x['state_ratio']:6.3f} {x['state_bytes_per_param']:7.2f} {x['peak_memory_bytes'] / MiB:5.0f} MiB"
             f" {x['peak_memory_ratio']:6.3f} {fmt_stats(x['step_time']):>24s} "
             f"{pr['median']:6.3f} [{spread[0]:.3f}-{spread[1]:.3f}]  {target}")

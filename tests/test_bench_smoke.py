@@ -175,3 +175,14 @@ def test_adapters_part_reports_each_step_as_mfu_of_the_measured_peak(quick):
         assert m["flop"] == 6 * m["n_params"] * m["tokens"], name
         assert m["mfu"] == pytest.approx(m["flop"] / row["step_time"]["median"] / peak["peak_flop_per_s"]), name
     assert "MFU = 6·N·T / median step time / matmul peak" in printed and "matmul peak" in printed
+
+
+def test_adapters_part_measures_the_per_input_dropout_rows(quick):
+    _, out, printed = quick
+    res = json.loads((out / "adapters.json").read_text())["result"]
+    for name in ("lora+per_input", "share_a+per_input"):
+        row = res["variants"][name]
+        assert row["closed_form_ok"] and "step_target_met" not in row, name  # descriptive, no target
+        assert row["step_ratio_paired"]["n"] == res["reps"]
+        assert f"\n{name} " in printed
+    assert res["variants"]["lora+per_input"]["trainable_params"] == res["variants"]["lora"]["trainable_params"]
