@@ -132,27 +132,42 @@ def measure_config(model_name: str, variant: str, r: int, batch: int, seq: int, 
 
 def profile_steps(model_name: str, variants: Sequence[str], r: int, batch: int, seq: int,
                   device: torch.device | str, top: int = 12) -> dict[str, Any]:
-    """torch.profiler of one (warm) step per variant: the top ops by self time, to explain a missed target."""
+    """torch.profiler of one (warm) step per variant: the top ops by self time, and, for every variant after
+    the first (LoRA), the ops by input shape whose call count or self time differ most from the first's, so a
+    missed target names the ops (and the shapes: which projection, A or B) that the variant adds or slows."""
     from torch.profiler import ProfilerActivity, profile
 
     dev = torch.device(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     batches = make_batches(model_name, batch=batch, seq=seq, device=dev, n_batches=1)
-    out = {}
+    sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    out, by_shape = {}, {}
     for variant in variants:
         model, optimizer = build(model_name, variant, r, dev)
         train_step(model, optimizer, batches[0])
-        with profile(activities=activities) as prof:
+        with profile(activities=activities, record_shapes=True) as prof:
             train_step(model, optimizer, batches[0])
-        sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort, 0), reverse=True)
-        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        averages = prof.key_averages()
+        events = sorted(averages, key=lambda e: getattr(e, sort, 0), reverse=True)
+        total = sum(e.self_cpu_time_total for e in averages)
+        by_shape[variant] = {(e.key, str(e.input_shapes)): (e.count, getattr(e, sort, 0) / 1000)
+                             for e in prof.key_averages(group_by_input_shape=True)}
         out[variant] = {
             "self_cpu_total_ms": total / 1000,
             "top_ops": [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1000}
                         for e in events[:top]],
         }
         del model, optimizer
+    ref = by_shape[variants[0]]
+    for variant in variants[1:]:
+        mine = by_shape[variant]
+        diffs = []
+        for key in set(ref) | set(mine):
+            (n0, t0), (n1, t1) = ref.get(key, (0, 0.0)), mine.get(key, (0, 0.0))
+            if n0 != n1 or t0 != t1:
+                diffs.append({"op": key[0], "input_shapes": key[1], f"calls_{variants[0]}": n0, "calls": n1,
+                              f"self_ms_{variants[0]}": t0, "self_ms": t1, "delta_ms": t1 - t0})
+        out[variant]["diff_vs_" + variants[0]] = sorted(diffs, key=lambda d: -abs(d["delta_ms"]))[:2 * top]
     return out
 
 

@@ -152,6 +152,12 @@ def table_adapters(res: dict) -> list[str]:
             f" {x['peak_memory_ratio']:6.3f} {fmt_stats(x['step_time']):>24s} "
             f"{pr['median']:6.3f} [{spread[0]:.3f}-{spread[1]:.3f}]  {target}")
     lines.append(f"peak memory: {res['peak_memory_note']}")
+    for v, prof in res.get("profile", {}).items():  # a missed target: the ops the variant adds or slows
+        diffs = prof.get("diff_vs_lora", [])[:6]
+        if diffs:
+            lines.append(f"profile {v} vs lora, ops by input shape, largest self-time differences (calls lora -> {v}):")
+        lines += [f"  {d['op'][:40]:40s} {d['input_shapes'][:44]:44s} {d['calls_lora']:5d} -> {d['calls']:5d} "
+                  f"{d['delta_ms']:+9.2f} ms" for d in diffs]
     return lines + mfu_lines(res)
 
 

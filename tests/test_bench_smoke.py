@@ -186,3 +186,16 @@ def test_adapters_part_measures_the_per_input_dropout_rows(quick):
         assert row["step_ratio_paired"]["n"] == res["reps"]
         assert f"\n{name} " in printed
     assert res["variants"]["lora+per_input"]["trainable_params"] == res["variants"]["lora"]["trainable_params"]
+
+
+def test_profile_names_the_ops_a_shared_variant_adds_by_shape():
+    """Sharing A across layers makes autograd sum each layer's gradient into one leaf: the diff against LoRA
+    must show those accumulation adds (absent from LoRA), and fewer AdamW updates (one per shared tensor)."""
+    from clsharelora.bench import adapters
+
+    prof = adapters.profile_steps("tiny-llama", ["lora", "share_a"], r=4, batch=1, seq=8, device="cpu", top=10_000)
+    rows = prof["share_a"]["diff_vs_lora"]
+    assert all({"op", "input_shapes", "calls_lora", "calls", "delta_ms"} <= set(d) for d in rows)
+    assert any(d["op"].startswith("aten::add") and d["calls_lora"] == 0 and d["calls"] > 0
+               and d["input_shapes"].startswith("[[4, 64], [4, 64]") for d in rows)
+    assert any(d["op"] == "aten::addcdiv_" and d["calls"] < d["calls_lora"] for d in rows)
