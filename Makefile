@@ -141,6 +141,7 @@ report: install
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m clsharelora.bench.run $(BENCH_ARGS)
+	$(PY) -m clsharelora.bench.mfu   # docs/benchmarks.md's MFU block from bench/results/adapters.json
 
 bench-smoke: install-dev
 	$(PY) -m pytest -q tests/test_bench_smoke.py

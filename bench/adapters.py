@@ -1,5 +1,5 @@
 """Part 1: LoRA vs ShareA / ShareB / ShareAB on the same batches: trainable parameters, optimizer-state
-bytes, peak memory and step time, with ratios to LoRA.
+bytes, peak memory and step time, with ratios to LoRA, and each step's MFU (mfu.py).
 
 The step is the bare loop every adapter sees (forward under bf16 autocast, fp32 on a CPU without native bf16, token-mean loss, backward,
 clip to norm 1, AdamW step): what differs between variants is only the adapter. Step times are taken in
@@ -14,9 +14,13 @@ from typing import Any, Sequence
 
 import torch
 
+from .mfu import matmul_peak, peak_line, step_mfu
 from .timing import PeakMemory, interleaved, paired_ratio, run_isolated, summarize, timed
 
 VARIANTS = ("lora", "share_a", "share_b", "share_ab")
+#: descriptive rows beside the variants (no target): LoRA and ShareA with dropout_masks=per_input (issue #28)
+PER_INPUT = "+per_input"
+ROWS = (*VARIANTS, "lora" + PER_INPUT, "share_a" + PER_INPUT)
 STEP_TARGET = 1.02          # ShareLoRA step time must stay within 2 % of LoRA's (issue #8)
 STATE_TOLERANCE = 0.01      # optimizer-state bytes per trainable parameter equal across variants within 1 %
 
@@ -29,12 +33,15 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def adapter_strategy(variant: str, r: int):
-    """The registry adapter of a variant name, with the project's default alpha/dropout/targets."""
+    """The registry adapter of a variant name (a ROWS entry), with the project's default alpha/dropout/targets;
+    a '+per_input' suffix sets dropout_masks=per_input."""
     from clsharelora import registry
 
+    variant, per_input, _ = variant.partition(PER_INPUT)
+    extra = {"dropout_masks": "per_input"} if per_input else {}
     if variant == "lora":
-        return registry.create("lora", "adapter", r=r)
-    return registry.create("sharelora", "adapter", variant=variant, r=r)
+        return registry.create("lora", "adapter", r=r, **extra)
+    return registry.create("sharelora", "adapter", variant=variant, r=r, **extra)
 
 
 def build(model_name: str, variant: str, r: int, device: torch.device | str, seed: int = 0):
@@ -125,34 +132,50 @@ def measure_config(model_name: str, variant: str, r: int, batch: int, seq: int, 
 
 def profile_steps(model_name: str, variants: Sequence[str], r: int, batch: int, seq: int,
                   device: torch.device | str, top: int = 12) -> dict[str, Any]:
-    """torch.profiler of one (warm) step per variant: the top ops by self time, to explain a missed target."""
+    """torch.profiler of one (warm) step per variant: the top ops by self time, and, for every variant after
+    the first (LoRA), the ops by input shape whose call count or self time differ most from the first's, so a
+    missed target names the ops (and the shapes: which projection, A or B) that the variant adds or slows."""
     from torch.profiler import ProfilerActivity, profile
 
     dev = torch.device(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     batches = make_batches(model_name, batch=batch, seq=seq, device=dev, n_batches=1)
-    out = {}
+    sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    out, by_shape = {}, {}
     for variant in variants:
         model, optimizer = build(model_name, variant, r, dev)
         train_step(model, optimizer, batches[0])
-        with profile(activities=activities) as prof:
+        with profile(activities=activities, record_shapes=True) as prof:
             train_step(model, optimizer, batches[0])
-        sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort, 0), reverse=True)
-        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        averages = prof.key_averages()
+        events = sorted(averages, key=lambda e: getattr(e, sort, 0), reverse=True)
+        total = sum(e.self_cpu_time_total for e in averages)
+        by_shape[variant] = {(e.key, str(e.input_shapes)): (e.count, getattr(e, sort, 0) / 1000)
+                             for e in prof.key_averages(group_by_input_shape=True)}
         out[variant] = {
             "self_cpu_total_ms": total / 1000,
             "top_ops": [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1000}
                         for e in events[:top]],
         }
         del model, optimizer
+    ref = by_shape[variants[0]]
+    for variant in variants[1:]:
+        mine = by_shape[variant]
+        diffs = []
+        for key in set(ref) | set(mine):
+            (n0, t0), (n1, t1) = ref.get(key, (0, 0.0)), mine.get(key, (0, 0.0))
+            if n0 != n1 or t0 != t1:
+                diffs.append({"op": key[0], "input_shapes": key[1], f"calls_{variants[0]}": n0, "calls": n1,
+                              f"self_ms_{variants[0]}": t0, "self_ms": t1, "delta_ms": t1 - t0})
+        out[variant]["diff_vs_" + variants[0]] = sorted(diffs, key=lambda d: -abs(d["delta_ms"]))[:2 * top]
     return out
 
 
 def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int, device: str | None,
-        profile_on_miss: bool = True, isolate: bool = True, log=print) -> dict[str, Any]:
+        profile_on_miss: bool = True, isolate: bool = True, peak_n: int | None = None, log=print) -> dict[str, Any]:
     """The part-1 table: interleaved step times in this process, memory per variant in fresh processes
-    (`isolate=False`, for the CI smoke only: in this process, after the others, so not a clean figure)."""
+    (`isolate=False`, for the CI smoke only: in this process, after the others, so not a clean figure).
+    `peak_n`: size of the MFU matmul microbench (None: mfu.PEAK_N of the device type)."""
     from clsharelora.adapters.counting import count_trainable, optimizer_state_bytes
 
     dev = pick_device(device)
@@ -160,8 +183,8 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         f"{'bf16 autocast' if bf16_used(dev) else 'fp32'}, "
         f"{warmup} warm-up + {reps} interleaved rounds")
     batches = make_batches(model_name, batch=batch, seq=seq, device=dev)
-    built = {v: build(model_name, v, r, dev) for v in VARIANTS}
-    counters = {v: 0 for v in VARIANTS}
+    built = {v: build(model_name, v, r, dev) for v in ROWS}
+    counters = {v: 0 for v in ROWS}
 
     def stepper(variant):
         model, optimizer = built[variant]
@@ -172,17 +195,21 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         return step
 
     t0 = time.perf_counter()
-    times = interleaved({v: stepper(v) for v in VARIANTS}, warmup=warmup, reps=reps, device=dev)
+    times = interleaved({v: stepper(v) for v in ROWS}, warmup=warmup, reps=reps, device=dev)
     log(f"[adapters] timing done in {time.perf_counter() - t0:.0f} s")
+    peak = matmul_peak(dev, torch.bfloat16 if bf16_used(dev) else torch.float32, peak_n)
+    log(f"[adapters] {peak_line(peak)}")
     rows = {}
-    for v in VARIANTS:
+    for v in ROWS:
         model, optimizer = built[v]
         rows[v] = {"trainable_params": count_trainable(model),
+                   "mfu": step_mfu(summarize(times[v])["median"], sum(p.numel() for p in model.parameters()),
+                                   batch * seq, peak),
                    "expected_params": adapter_strategy(v, r).expected_params(model.base_model.model.config),
                    "optimizer_state_bytes": optimizer_state_bytes(optimizer),
                    "step_time": summarize(times[v])}
     del built
-    for v in VARIANTS:  # fresh process per variant: 1 warm-up + 1 step is enough for the peak (Adam state exists)
+    for v in ROWS:  # fresh process per variant: 1 warm-up + 1 step is enough for the peak (Adam state exists)
         t0 = time.perf_counter()
         kwargs = dict(model_name=model_name, variant=v, r=r, batch=batch, seq=seq, warmup=1 if isolate else 0,
                       reps=1, device=str(dev))
@@ -193,7 +220,7 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
             f"({time.perf_counter() - t0:.0f} s)")
     lora = rows["lora"]
     state_per_param_lora = lora["optimizer_state_bytes"] / lora["trainable_params"]
-    for v in VARIANTS:
+    for v in ROWS:
         row = rows[v]
         row["params_ratio"] = row["trainable_params"] / lora["trainable_params"]
         row["state_ratio"] = row["optimizer_state_bytes"] / lora["optimizer_state_bytes"]
@@ -202,12 +229,12 @@ def run(*, model_name: str, r: int, batch: int, seq: int, warmup: int, reps: int
         row["step_ratio_of_medians"] = row["step_time"]["median"] / lora["step_time"]["median"]
         row["step_ratio_paired"] = paired_ratio(times[v], times["lora"])
         row["closed_form_ok"] = row["trainable_params"] == row["expected_params"]
-        if v != "lora":
+        if v in VARIANTS and v != "lora":
             row["step_target_met"] = row["step_ratio_paired"]["median"] <= STEP_TARGET
             row["state_proportional"] = abs(row["state_bytes_per_param"] / state_per_param_lora - 1) <= STATE_TOLERANCE
     result = {"model": model_name, "device": str(dev), "r": r, "batch": batch, "seq": seq,
               "bf16_autocast": bf16_used(dev),
-              "warmup": warmup, "reps": reps, "variants": rows,
+              "warmup": warmup, "reps": reps, "variants": rows, "mfu_peak": peak,
               "targets": {"step_ratio_max": STEP_TARGET, "state_bytes_per_param_tolerance": STATE_TOLERANCE},
               "peak_memory_note": ("fresh subprocess per variant; " if isolate else "NOT isolated (smoke); ") + (
                   "CUDA max_memory_allocated" if dev.type == "cuda" else

@@ -28,6 +28,7 @@ from typing import Any
 from clsharelora import atomic
 from clsharelora.errors import UserError
 
+from .mfu import mfu_lines
 from .timing import PROJECT_ROOT, fmt_stats
 
 PARTS = ("adapters", "overhead", "eval", "scaling", "meta", "neighbour", "lwf", "gradsync", "evalshard",
@@ -45,7 +46,7 @@ FULL = dict(model="smollm2-135m", reps=5, warmup=1, r=8, batch=4, seq=256,
             neighbour_batch=None, neighbour_seq=None, neighbour_warmup=1, neighbour_steps=2, neighbour_blocks=2,
             gradsync_batch=2, gradsync_seq=128, gradsync_steps=4, gradsync_blocks=5,
             evalshard_n=48, evalshard_shots=5, evalshard_reps=2,
-            batching_reps=3, batching_mmlu_n=32, batching_seq=64)
+            batching_reps=3, batching_mmlu_n=32, batching_seq=64, mfu_peak_n=None)
 QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhead_batch=2, overhead_seq=16,
              overhead_reps=1,
              overhead_steps_per_block=2, mmlu_n=2, mmlu_shots=0, gsm8k_n=2, gsm8k_shots=0, gsm8k_new_tokens=4,
@@ -55,7 +56,7 @@ QUICK = dict(FULL, model="tiny-llama", reps=1, warmup=0, batch=2, seq=16, overhe
              neighbour_batch=2, neighbour_seq=16, neighbour_warmup=0, neighbour_steps=1, neighbour_blocks=1,
              gradsync_batch=1, gradsync_seq=16, gradsync_steps=1, gradsync_blocks=1,
              evalshard_n=4, evalshard_shots=0, evalshard_reps=1,
-             batching_reps=1, batching_mmlu_n=4, batching_seq=8)
+             batching_reps=1, batching_mmlu_n=4, batching_seq=8, mfu_peak_n=128)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -140,20 +141,26 @@ def _precision(res: dict) -> str:
 def table_adapters(res: dict) -> list[str]:
     lines = [f"ShareLoRA vs LoRA: {res['model']} on {res['device']}, batch {res['batch']} x {res['seq']} tokens, "
              f"r={res['r']}, {_precision(res)}; step = median [IQR] of {res['reps']} interleaved rounds",
-             f"{'variant':9s} {'trainable':>11s} {'xLoRA':>6s} {'Adam state':>11s} {'xLoRA':>6s} "
+             f"{'variant':17s} {'trainable':>11s} {'xLoRA':>6s} {'Adam state':>11s} {'xLoRA':>6s} "
              f"{'B/param':>7s} {'peak mem':>9s} {'xLoRA':>6s} {'step time':>24s} {'xLoRA paired [IQR]':>21s}  target"]
     for v, x in res["variants"].items():
         pr = x["step_ratio_paired"]
         spread = (pr["q1"], pr["q3"]) if pr["n"] >= 4 else (pr["min"], pr["max"])
-        target = "" if v == "lora" else (
+        target = "" if "step_target_met" not in x else (
             f"{'met' if x['step_target_met'] else 'MISSED'} (<= {res['targets']['step_ratio_max']}x)")
         lines.append(
-            f"{v:9s} {x['trainable_params']:11,d} {x['params_ratio']:6.3f} {x['optimizer_state_bytes'] / MiB:8.2f} MiB"
+            f"{v:17s} {x['trainable_params']:11,d} {x['params_ratio']:6.3f} {x['optimizer_state_bytes'] / MiB:8.2f} MiB"
             f" {x['state_ratio']:6.3f} {x['state_bytes_per_param']:7.2f} {x['peak_memory_bytes'] / MiB:5.0f} MiB"
             f" {x['peak_memory_ratio']:6.3f} {fmt_stats(x['step_time']):>24s} "
             f"{pr['median']:6.3f} [{spread[0]:.3f}-{spread[1]:.3f}]  {target}")
     lines.append(f"peak memory: {res['peak_memory_note']}")
-    return lines
+    for v, prof in res.get("profile", {}).items():  # a missed target: the ops the variant adds or slows
+        diffs = prof.get("diff_vs_lora", [])[:6]
+        if diffs:
+            lines.append(f"profile {v} vs lora, ops by input shape, largest self-time differences (calls lora -> {v}):")
+        lines += [f"  {d['op'][:40]:40s} {d['input_shapes'][:44]:44s} {d['calls_lora']:5d} -> {d['calls']:5d} "
+                  f"{d['delta_ms']:+9.2f} ms" for d in diffs]
+    return lines + mfu_lines(res)
 
 
 def table_overhead(res: dict) -> list[str]:
@@ -371,7 +378,7 @@ def run_part(part: str, s: dict, args, log, save_partial=None) -> dict:
 
         return adapters.run(model_name=s["model"], r=s["r"], batch=s["batch"], seq=s["seq"], warmup=s["warmup"],
                             reps=s["reps"], device=args.device, profile_on_miss=not args.no_profile,
-                            isolate=s["isolate"], log=log)
+                            isolate=s["isolate"], peak_n=s["mfu_peak_n"], log=log)
     if part == "overhead":
         from . import overhead
 

@@ -59,7 +59,7 @@ class LoRA(AdapterStrategy):
         o = self.options
         r = o["r"] if config is None else self.rank(config)
         return ShareLoraConfig(variant="lora", r=r, alpha=o["alpha"], dropout=o["dropout"], targets=o["targets"],
-                               rslora=o["rslora"])
+                               rslora=o["rslora"], dropout_masks=o["dropout_masks"])
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         return apply_sharelora(model, self.adapter_config(model.config))

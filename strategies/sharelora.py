@@ -38,7 +38,7 @@ class ShareLoRA(AdapterStrategy):
     def adapter_config(self) -> ShareLoraConfig:
         o = self.options
         return ShareLoraConfig(variant=o["variant"], r=o["r"], alpha=o["alpha"], dropout=o["dropout"],
-                               targets=o["targets"], rslora=o["rslora"])
+                               targets=o["targets"], rslora=o["rslora"], dropout_masks=o["dropout_masks"])
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         return apply_sharelora(model, self.adapter_config())
@@ -48,7 +48,8 @@ class ShareLoRA(AdapterStrategy):
 
     def load(self, base_model: torch.nn.Module, directory: str | os.PathLike, *,
              is_trainable: bool = True) -> torch.nn.Module:
-        return load_sharelora(base_model, directory, is_trainable=is_trainable)
+        model = load_sharelora(base_model, directory, is_trainable=is_trainable)
+        return self.with_dropout_masks(model) if is_trainable else model
 
     def expected_params(self, config: Any) -> int:
         return expected_params(config, self.options["variant"], self.options["r"], self.options["targets"])

@@ -35,7 +35,7 @@ def test_adapters_are_registered():
 def test_defaults_documented_values():
     s = registry.create("sharelora", "adapter")
     assert s.options == {"r": 8, "alpha": 16, "dropout": 0.05, "targets": "all-linear", "rslora": False,
-                         "variant": "share_a"}
+                         "dropout_masks": "per_module", "variant": "share_a"}
 
 
 @pytest.mark.parametrize("name,options", [

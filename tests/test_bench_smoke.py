@@ -186,3 +186,41 @@ def test_the_sharding_check_catches_a_misplaced_item():
     flipped["correct"][2] = not flipped["correct"][2]
     assert not same_items(a, flipped)
     assert not same_items(a, {k: v for k, v in a.items() if k != "correct"})
+
+
+def test_adapters_part_reports_each_step_as_mfu_of_the_measured_peak(quick):
+    _, out, printed = quick
+    res = json.loads((out / "adapters.json").read_text())["result"]
+    peak = res["mfu_peak"]
+    assert peak["peak_flop_per_s"] == pytest.approx(peak["flop_per_call"] / peak["seconds"]["min"])
+    for name, row in res["variants"].items():
+        m = row["mfu"]
+        assert m["tokens"] == res["batch"] * res["seq"], name
+        assert m["n_params"] > row["trainable_params"], name   # base + adapter
+        assert m["flop"] == 6 * m["n_params"] * m["tokens"], name
+        assert m["mfu"] == pytest.approx(m["flop"] / row["step_time"]["median"] / peak["peak_flop_per_s"]), name
+    assert "MFU = 6·N·T / median step time / matmul peak" in printed and "matmul peak" in printed
+
+
+def test_adapters_part_measures_the_per_input_dropout_rows(quick):
+    _, out, printed = quick
+    res = json.loads((out / "adapters.json").read_text())["result"]
+    for name in ("lora+per_input", "share_a+per_input"):
+        row = res["variants"][name]
+        assert row["closed_form_ok"] and "step_target_met" not in row, name  # descriptive, no target
+        assert row["step_ratio_paired"]["n"] == res["reps"]
+        assert f"\n{name} " in printed
+    assert res["variants"]["lora+per_input"]["trainable_params"] == res["variants"]["lora"]["trainable_params"]
+
+
+def test_profile_names_the_ops_a_shared_variant_adds_by_shape():
+    """Sharing A across layers makes autograd sum each layer's gradient into one leaf: the diff against LoRA
+    must show those accumulation adds (absent from LoRA), and fewer AdamW updates (one per shared tensor)."""
+    from clsharelora.bench import adapters
+
+    prof = adapters.profile_steps("tiny-llama", ["lora", "share_a"], r=4, batch=1, seq=8, device="cpu", top=10_000)
+    rows = prof["share_a"]["diff_vs_lora"]
+    assert all({"op", "input_shapes", "calls_lora", "calls", "delta_ms"} <= set(d) for d in rows)
+    assert any(d["op"].startswith("aten::add") and d["calls_lora"] == 0 and d["calls"] > 0
+               and d["input_shapes"].startswith("[[4, 64], [4, 64]") for d in rows)
+    assert any(d["op"] == "aten::addcdiv_" and d["calls"] < d["calls_lora"] for d in rows)

@@ -17,6 +17,11 @@ import torch
 from ..errors import ConfigError
 from ..registry import Strategy
 from .config import parse_targets
+from .dropout import DEFAULT as DROPOUT_MASKS_DEFAULT
+from .dropout import HELP as DROPOUT_MASKS_HELP
+from .dropout import OPTION as DROPOUT_MASKS
+from .dropout import check as check_dropout_masks
+from .dropout import use_input_dropout
 
 
 class AdapterStrategy(Strategy):
@@ -25,6 +30,7 @@ class AdapterStrategy(Strategy):
     kind: ClassVar[str] = "adapter"
     defaults: ClassVar[dict[str, Any]] = {
         "r": 8, "alpha": 16, "dropout": 0.05, "targets": "all-linear", "rslora": False,
+        DROPOUT_MASKS: DROPOUT_MASKS_DEFAULT,
     }
     option_help: ClassVar[dict[str, str]] = {
         "r": "rank of the low-rank update (positive integer)",
@@ -32,6 +38,7 @@ class AdapterStrategy(Strategy):
         "dropout": "dropout on the adapter's input, in [0, 1)",
         "targets": "adapted linear layers: all-linear | q,k,v,o,gate,up,down names | module suffixes | re:<regex>",
         "rslora": "rank-stabilised scaling alpha / sqrt(r) (peft use_rslora)",
+        DROPOUT_MASKS: DROPOUT_MASKS_HELP,
     }
 
     def validate(self) -> None:
@@ -46,6 +53,8 @@ class AdapterStrategy(Strategy):
             raise ConfigError(f"{self.name}: option 'dropout' must be in [0, 1), got {o['dropout']!r}")
         if "rslora" in o and not isinstance(o["rslora"], bool):
             raise ConfigError(f"{self.name}: option 'rslora' must be true or false, got {o['rslora']!r}")
+        if DROPOUT_MASKS in o:
+            check_dropout_masks(o[DROPOUT_MASKS], f"{self.name}: option")
         if "targets" in o:
             try:
                 parse_targets(o["targets"])
@@ -72,4 +81,12 @@ class AdapterStrategy(Strategy):
 
         if not (Path(directory) / "adapter_config.json").is_file():
             raise ConfigError(f"{directory}: no adapter_config.json; not a saved adapter directory")
-        return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+        model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+        return self.with_dropout_masks(model) if is_trainable else model
+
+    def with_dropout_masks(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A loaded model trains with the same `dropout_masks` choice as an applied one (peft's load knows
+        only per-module dropout)."""
+        if self.options.get(DROPOUT_MASKS) == "per_input":
+            use_input_dropout(model)
+        return model

@@ -17,6 +17,8 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import ConfigError
+from .dropout import DEFAULT as DROPOUT_MASKS_DEFAULT
+from .dropout import check as check_dropout_masks
 
 VARIANTS = ("lora", "share_a", "share_b", "share_ab")
 #: which peft LoRA matrices a variant shares across layers (per projection type)
@@ -117,7 +119,8 @@ def resolve_targets(model: torch.nn.Module, targets: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class ShareLoraConfig:
-    """One adapter's settings. r/alpha/dropout/rslora mean exactly what they mean in peft's LoraConfig."""
+    """One adapter's settings. r/alpha/dropout/rslora mean exactly what they mean in peft's LoraConfig;
+    dropout_masks (dropout.py) says whether projections reading one input share its dropout mask."""
 
     variant: str = "share_a"
     r: int = 8
@@ -125,6 +128,7 @@ class ShareLoraConfig:
     dropout: float = 0.05
     targets: Any = ALL_LINEAR
     rslora: bool = False
+    dropout_masks: str = DROPOUT_MASKS_DEFAULT
     shared: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +142,7 @@ class ShareLoraConfig:
             raise ConfigError(f"option 'dropout' must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.rslora, bool):
             raise ConfigError(f"option 'rslora' must be true or false, got {self.rslora!r}")
+        check_dropout_masks(self.dropout_masks)
         parse_targets(self.targets)
         object.__setattr__(self, "shared", SHARED_MATRICES[self.variant])
 

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ConfigError
 from .config import ShareLoraConfig, resolve_targets
+from .dropout import use_input_dropout
 from .sharing import SPEC_ATTR, SPEC_FILE, SharingSpec, build_spec, retie, tie
 
 
@@ -37,7 +38,10 @@ def apply_sharelora(model: torch.nn.Module, config: ShareLoraConfig, *, adapter_
         model, config.lora_config(names, _task_type(model)), adapter_name=adapter_name,
         low_cpu_mem_usage=low_cpu_mem_usage,
     )
-    return tie(peft_model, build_spec(names, config.variant, adapter_name))
+    tie(peft_model, build_spec(names, config.variant, adapter_name))
+    if config.dropout_masks == "per_input":
+        use_input_dropout(peft_model, adapter_name)
+    return peft_model
 
 
 def spec_of(model: torch.nn.Module) -> SharingSpec:
