@@ -2,7 +2,8 @@
 (registry.py), so that a misspelt option is refused without importing the plug-ins and torch with them
 (tens of seconds on a loaded 2-core machine; issue 25 item 3).
 
-Only what Python would evaluate to the same value is read: dict literals of literal values, and spreads of
+Only what Python would evaluate to the same value is read: dict literals of literal values or of module-level
+literal constants (of the file, or imported from another with `from ... import`), and spreads of
 another class's attribute (`{**AdapterStrategy.defaults, "match": None}`), that class found in the same file
 or through `from module import Name` in files of installed packages. Anything else gives None, and the
 option is checked when the imported strategy is created; tests/test_fast_errors.py holds the static read
@@ -106,11 +107,28 @@ def _value(path: Path, node: ast.expr, depth: int) -> dict:
             other_path, other = _find_class(path, value.value.id)
             out.update(_class_attr(other_path, other, value.attr, depth + 1))
             continue
-        try:
-            out[ast.literal_eval(key)] = ast.literal_eval(value)
-        except ValueError:
-            raise _Unknown from None
+        out[_literal(path, key, depth)] = _literal(path, value, depth)
     return out
+
+
+def _literal(path: Path, node: ast.expr, depth: int) -> Any:
+    """A literal, or a module-level constant `NAME = <literal>` of this file or imported from another
+    (`from .dropout import DEFAULT as DROPOUT_MASKS_DEFAULT`)."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        pass
+    if not isinstance(node, ast.Name) or depth > 8:
+        raise _Unknown
+    for stmt in _parse(path).body:
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == node.id for t in stmt.targets):
+            return _literal(path, stmt.value, depth + 1)
+        if isinstance(stmt, ast.ImportFrom):
+            for alias in stmt.names:
+                if (alias.asname or alias.name) == node.id:
+                    target = _module_file(stmt.module or "", _package_of(path), stmt.level)
+                    return _literal(target, ast.Name(id=alias.name), depth + 1)
+    raise _Unknown
 
 
 def read_defaults(path: Path, kind: str, name: str) -> dict[str, Any] | None:
