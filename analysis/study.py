@@ -71,9 +71,6 @@ def load_study_cells(root: str | Path) -> tuple[dict, list[Cell], list[str]]:
     return grid, cells, missing
 
 
-def _acc_direction(score: str) -> bool:
-    return SCORES[score]
-
 
 def cell_table(cells: Sequence[Cell]) -> pd.DataFrame:
     """One row per (cell, score): the order-level metrics and trainable parameters."""

@@ -144,9 +144,6 @@ def to_markdown(heads: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(df: pd.DataFrame, columns: dict[str, tuple[str, Callable[[object], str]]]) -> str:
-    return to_markdown(*table_cells(df, columns))
-
 
 def comparison_columns() -> dict[str, tuple[str, Callable[[object], str]]]:
     """Headers (with units) and formats of the comparison table's Markdown form."""

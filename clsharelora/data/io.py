@@ -173,9 +173,3 @@ def str_list(row: Mapping[str, Any], name: str, loc: str) -> list[str]:
         raise DataError(f"{loc}: field {name!r} should be a list of strings")
     return list(value)
 
-
-def clear_cache() -> None:
-    """Drop every parsed file (tests; or after editing files in place within one mtime tick)."""
-    _jsonl_cached.cache_clear()
-    _json_list_cached.cache_clear()
-    _csv_cached.cache_clear()
