@@ -266,8 +266,9 @@ def reference_regime_sentences(group: Sequence[Run]) -> list[str]:
                 out.append(f"**{reference} does not measurably forget here ({score})**: {what}. \"Forgets less "
                            f"than {reference}\" is moot on this score: a lower forgetting below means more backward "
                            "transfer, not less forgetting.")
-            else:
-                out.append(f"{reference} forgets ({score}): {what}.")
+            else:   # name where: one task's rise can sit under an overall interval that includes 0 (or is < 0)
+                which = ", ".join("overall" if t == "all" else t for t, _, low, _ in rows if low > 0)
+                out.append(f"{reference} forgets ({score}), resolved above zero for: {which}: {what}.")
     return out
 
 
