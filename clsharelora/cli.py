@@ -126,11 +126,11 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
     if args.data_root is not None:
         data["data_root"] = args.data_root
     if adapter:
-        data["adapter"] = _switch(data.get("adapter"), adapter, "adapter")
+        data["adapter"] = cfgmod.switch_strategy(data.get("adapter"), adapter, "adapter")
     if variant:
-        data["adapter"] = {**_as_block(data.get("adapter") or "sharelora"), "variant": variant}
+        data["adapter"] = {**cfgmod.as_block(data.get("adapter") or "sharelora"), "variant": variant}
     if cl:
-        data["cl"] = _switch(data.get("cl"), cl, "cl")
+        data["cl"] = cfgmod.switch_strategy(data.get("cl"), cl, "cl")
     if out:
         data["out"] = out
     if name:
@@ -154,31 +154,6 @@ def _config_from_args(args, *, adapter: str | None = None, variant: str | None =
     return config
 
 
-def _switch(block, name: str, kind: str) -> dict:
-    """Select strategy `name`, keeping the options of the config's block that it also understands
-    (so `compare --strategies lora,sharelora` gives both the config's r, alpha and targets).
-
-    The one rule for the rest: an option is dropped only when the block names its strategy explicitly and
-    that strategy knows the option (`adapter: {name: sharelora, variant: share_a}` switched to lora drops
-    `variant`); an option that neither strategy knows is an error with a "did you mean", as with --set."""
-    from . import registry
-    from .errors import did_you_mean
-
-    block = _as_block(block)
-    known = registry.option_defaults(name, kind)
-    owner = registry.option_defaults(block["name"], kind) if block.get("name") else {}
-    for key in block:
-        if key != "name" and key not in known and key not in owner:
-            where = f"{kind} strategy {block['name']!r}" if block.get("name") else f"{kind} strategy {name!r}"
-            raise UserError(f"unknown option {kind}.{key} for {where}{did_you_mean(key, {**known, **owner})}; "
-                            f"known options: {', '.join(sorted({**known, **owner}))}")
-    return {"name": name, **{k: v for k, v in block.items() if k != "name" and k in known}}
-
-
-def _as_block(value) -> dict:
-    if value is None:
-        return {}
-    return {"name": value} if isinstance(value, str) else dict(value)
 
 
 def _cmd_run(args) -> int:

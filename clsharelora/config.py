@@ -275,3 +275,30 @@ def validate(config: RunConfig) -> None:
 
 def dump_yaml(config: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def switch_strategy(block, name: str, kind: str) -> dict:
+    """Select strategy `name`, keeping the options of the config's block that it also understands
+    (so `compare --strategies lora,sharelora` gives both the config's r, alpha and targets).
+
+    The one rule for the rest: an option is dropped only when the block names its strategy explicitly and
+    that strategy knows the option (`adapter: {name: sharelora, variant: share_a}` switched to lora drops
+    `variant`); an option that neither strategy knows is an error with a "did you mean", as with --set."""
+    from . import registry
+
+    block = as_block(block)
+    known = registry.option_defaults(name, kind)
+    owner = registry.option_defaults(block["name"], kind) if block.get("name") else {}
+    for key in block:
+        if key != "name" and key not in known and key not in owner:
+            where = f"{kind} strategy {block['name']!r}" if block.get("name") else f"{kind} strategy {name!r}"
+            raise ConfigError(f"unknown option {kind}.{key} for {where}{did_you_mean(key, {**known, **owner})}; "
+                              f"known options: {', '.join(sorted({**known, **owner}))}")
+    return {"name": name, **{k: v for k, v in block.items() if k != "name" and k in known}}
+
+
+def as_block(value) -> dict:
+    """A strategy block as a dict: None -> {}, 'lora' -> {'name': 'lora'}."""
+    if value is None:
+        return {}
+    return {"name": value} if isinstance(value, str) else dict(value)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .config import parse_value
+from .config import parse_value, switch_strategy
 from .errors import ConfigError
 
 SYNTAX = "ADAPTER[(K=V,...)][:VARIANT][+CL[(K=V,...)]], e.g. lora, sharelora:share_a, lora+ewc(ewc_lambda=100)"
@@ -97,9 +97,7 @@ def parse_list(text: str) -> list[Spec]:
 def blocks(spec: Spec, base_adapter: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run config's `adapter:` and `cl:` blocks for `spec`: the adapter starts from the base config's
     options it knows; the CL block is the spec's own (never the base config's)."""
-    from .cli import _switch
-
-    adapter = {**_switch(base_adapter, spec.adapter, "adapter"), **spec.adapter_options}
+    adapter = {**switch_strategy(base_adapter, spec.adapter, "adapter"), **spec.adapter_options}
     if spec.variant:
         adapter["variant"] = spec.variant
     return adapter, {"name": spec.cl, **spec.cl_options}

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ..config import apply_override, from_dict, load_yaml
+from ..config import apply_override, from_dict, load_yaml, switch_strategy
 from ..errors import ConfigError, did_you_mean
 from ..strategy_specs import check_distinct, note_ignored_cl
 from ..pathsafe import check_name
@@ -97,7 +97,6 @@ def label_dir(label: str) -> str:
 def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
     """A spec string (strategy_specs: the same run under any base config) or a mapping with a label; neither
     inherits the base config's `cl:` block (a mapping without `cl` trains naively, like a spec without +CL)."""
-    from ..cli import _switch
     from ..strategy_specs import blocks, parse
 
     if isinstance(entry, str):
@@ -113,7 +112,7 @@ def _strategy(entry: Any, base: dict[str, Any], where: str) -> Strategy:
         adapter = entry["adapter"] if isinstance(entry["adapter"], dict) else {"name": entry["adapter"]}
         if "name" not in adapter:
             raise ConfigError(f"{where}: the strategy's 'adapter' mapping needs a 'name'")
-        adapter = {**_switch(base.get("adapter"), adapter["name"], "adapter"), **adapter}
+        adapter = {**switch_strategy(base.get("adapter"), adapter["name"], "adapter"), **adapter}
         cl = entry.get("cl", "naive")
         cl = dict(cl) if isinstance(cl, dict) else {"name": cl}
         if "name" not in cl:
