@@ -26,6 +26,23 @@ experiences:
 """
 
 
+def data_root_with_gsm8k_train(tmp_path: Path, gsm8k_train: bytes | str) -> Path:
+    """A data root like the real one (its folders linked), whose gsm8k/train.jsonl holds `gsm8k_train`: for
+    tests of what a bad data file does."""
+    from clsharelora.paths import data_root
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for child in data_root().iterdir():
+        if child.name != "gsm8k":
+            (root / child.name).symlink_to(child)
+    (root / "gsm8k").mkdir()
+    data = gsm8k_train.encode() if isinstance(gsm8k_train, str) else gsm8k_train
+    (root / "gsm8k" / "train.jsonl").write_bytes(data)
+    (root / "gsm8k" / "test.jsonl").symlink_to(data_root() / "gsm8k" / "test.jsonl")
+    return root
+
+
 @pytest.fixture
 def tiny_stream(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"

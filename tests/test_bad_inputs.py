@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY_STREAM
+from conftest import TINY_STREAM, data_root_with_gsm8k_train
 from test_cli_errors import tree
 
 from clsharelora.cli import main
@@ -57,16 +57,9 @@ def _linked_out(t: Path, child: str) -> Path:
 
 def _latin1_data_root(t: Path) -> Path:
     """A data root like the real one whose gsm8k/train.jsonl has one Latin-1 byte on line 2."""
-    root = t / "data"
-    root.mkdir()
-    for child in data_root().iterdir():
-        if child.name != "gsm8k":
-            (root / child.name).symlink_to(child)
     lines = (data_root() / "gsm8k" / "train.jsonl").read_bytes().splitlines(keepends=True)[:4]
     lines[1] = lines[1].replace(b"a", b"\xe9", 1)
-    _write(root / "gsm8k" / "train.jsonl", b"".join(lines))
-    (root / "gsm8k" / "test.jsonl").symlink_to(data_root() / "gsm8k" / "test.jsonl")
-    return root
+    return data_root_with_gsm8k_train(t, b"".join(lines))
 
 
 LATIN1 = "model: tiny-llama\nname: caf\xe9\n".encode("latin-1")

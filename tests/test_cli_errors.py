@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import data_root_with_gsm8k_train
+
 from clsharelora.cli import main
 from clsharelora.paths import data_root
 from clsharelora.training.rundir import RunLock
@@ -30,30 +32,9 @@ def _stream(tmp_path: Path, experiences) -> Path:
 
 
 def _corrupt_data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    for child in data_root().iterdir():
-        if child.name != "gsm8k":
-            (root / child.name).symlink_to(child)
-    (root / "gsm8k").mkdir()
     lines = (data_root() / "gsm8k" / "train.jsonl").read_text().splitlines()[:5]
     lines[3] = lines[3][:40]  # a truncated JSON line
-    (root / "gsm8k" / "train.jsonl").write_text("\n".join(lines) + "\n")
-    (root / "gsm8k" / "test.jsonl").symlink_to(data_root() / "gsm8k" / "test.jsonl")
-    return root
-
-
-def _data_root_with(tmp_path: Path, gsm8k_train: str) -> Path:
-    """A data root like the real one, whose gsm8k/train.jsonl holds `gsm8k_train`."""
-    root = tmp_path / "data"
-    root.mkdir()
-    for child in data_root().iterdir():
-        if child.name != "gsm8k":
-            (root / child.name).symlink_to(child)
-    (root / "gsm8k").mkdir()
-    (root / "gsm8k" / "train.jsonl").write_text(gsm8k_train)
-    (root / "gsm8k" / "test.jsonl").symlink_to(data_root() / "gsm8k" / "test.jsonl")
-    return root
+    return data_root_with_gsm8k_train(tmp_path, "\n".join(lines) + "\n")
 
 
 def _named_stream(tmp_path: Path, name: str) -> Path:
@@ -138,7 +119,7 @@ CASES = {
     "device unknown": (lambda t: ["--device", "tpu:3"], "device 'tpu:3' is not a device name; allowed: auto, cpu, cuda"),
     "device unsupported": (lambda t: ["--device", "meta"], "device 'meta' is not supported"),
     # --- data
-    "empty data file": (lambda t: ["--data-root", str(_data_root_with(t, ""))], r"train\.jsonl: holds no gsm8k/train items"),
+    "empty data file": (lambda t: ["--data-root", str(data_root_with_gsm8k_train(t, ""))], r"train\.jsonl: holds no gsm8k/train items"),
     "data root is a file": (lambda t: ["--data-root", str(_file(t))], "a-file .*is not a directory"),
     "train n zero": (lambda t: ["--stream", str(_stream(t, [{"train": {"benchmark": "gsm8k", "n": 0},
                                                              "eval": {"task": "gsm8k"}}]))], "train.n must be a positive"),
